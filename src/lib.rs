@@ -1,0 +1,7 @@
+//! lowport: reach an unprivileged server on privileged ports, through kernel
+//! NAT rules (nftables or iptables) or a zero-copy splice proxy, from one
+//! YAML description.
+
+pub mod config;
+pub mod firewall;
+pub mod mapping;

@@ -1,0 +1,322 @@
+//! Test helpers: throwaway network namespaces (and veth-linked "remote"
+//! hosts), commands run inside them, an unprivileged backend, and cleanup on
+//! drop — also when the test panics.
+//!
+//! Privileged tests call [`require_root`] first: outside CI they skip with a
+//! printed reason; under `CI=true` a missing privilege is a failure.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Path of the `lowport` binary under test.
+pub fn lowport_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lowport"))
+}
+
+/// Path of the test backend (`examples/backend.rs`, built by `cargo test`).
+pub fn backend_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/backend
+    let profile_dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let path = profile_dir.join("examples").join("backend");
+    assert!(
+        path.exists(),
+        "{} is missing: run the whole suite with `cargo test` (it builds examples), or `cargo build --examples` first",
+        path.display()
+    );
+    path
+}
+
+/// May this process run privileged tests (root, `ip netns` works)? Outside
+/// CI a missing privilege skips the test with a printed reason; with
+/// `CI=true` it fails it, so CI never passes a test that did not run.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let reason = if euid != 0 {
+        Some("not running as root".to_owned())
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        Some("the `ip` command (iproute2) is missing".to_owned())
+    } else if Command::new("nft").arg("--version").output().is_err() {
+        Some("the `nft` command (nftables) is missing".to_owned())
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test}: cannot run under CI=true: {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Run a command on the host, panic with its output unless it succeeds.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace this test made; deleted (with everything in it, its
+/// rules, veths and processes' sockets) on drop.
+pub struct Netns {
+    pub name: String,
+    children: Vec<Child>,
+}
+
+impl Netns {
+    /// A fresh namespace with `lo` up. The name is unique per test process.
+    pub fn new(tag: &str) -> Netns {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("lp-{}-{}-{}", tag, std::process::id(), n);
+        assert!(name.len() < 40, "namespace name too long: {name}");
+        sh("ip", &["netns", "add", &name]);
+        let ns = Netns {
+            name,
+            children: Vec::new(),
+        };
+        ns.ok("ip", &["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Run a command inside, return its output whatever the status.
+    pub fn run(&self, cmd: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, cmd])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd} in {}: {e}", self.name))
+    }
+
+    /// Run a command inside, panic unless it succeeds; returns stdout.
+    pub fn ok(&self, cmd: &str, args: &[&str]) -> String {
+        let out = self.run(cmd, args);
+        assert!(
+            out.status.success(),
+            "in netns {}: {cmd} {args:?} failed ({}):\n{}{}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A `Command` that runs `program` inside this namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Run `lowport ARGS` inside; returns the whole output.
+    pub fn lowport(&self, args: &[&str]) -> Output {
+        self.command(lowport_bin())
+            .args(args)
+            .output()
+            .expect("run lowport")
+    }
+
+    /// Run a closure on a thread that has entered this namespace (netlink
+    /// sockets and connects made there live in it).
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            use std::os::fd::AsRawFd;
+            // SAFETY: the fd is a valid namespace file for the call's duration;
+            // setns only changes this (fresh, about to end) thread's namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    }
+
+    /// Keep a child process alive as long as the namespace; killed on drop.
+    pub fn adopt(&mut self, child: Child) {
+        self.children.push(child);
+    }
+
+    /// Start the test backend inside as user `nobody` (setpriv drops root
+    /// before exec). It listens on `addr` (TCP and UDP) and answers each
+    /// client with a banner line `backend <addr> peer <client addr>`, then
+    /// echoes everything; it prints `ready` once listening.
+    pub fn start_backend(&mut self, addr: &str) {
+        let mut child = self
+            .command("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(backend_bin())
+            .arg(addr)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start backend");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read backend banner");
+        assert_eq!(line.trim(), "ready", "backend on {addr} did not start");
+        self.adopt(child);
+    }
+
+    /// Connect from inside this namespace to `addr` over TCP, read the
+    /// backend's banner line, check that one echo round trip works, and
+    /// return the banner (or the connect error).
+    pub fn tcp_banner(&self, addr: &str) -> std::io::Result<String> {
+        let addr: SocketAddr = addr.parse().expect("socket address");
+        self.enter(move || tcp_banner(addr))
+    }
+
+    /// Send one UDP datagram from inside this namespace to `addr` and return
+    /// the backend's answer (its banner line).
+    pub fn udp_banner(&self, addr: &str) -> std::io::Result<String> {
+        let addr: SocketAddr = addr.parse().expect("socket address");
+        self.enter(move || {
+            let bind: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let sock = std::net::UdpSocket::bind(bind)?;
+            sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+            sock.send_to(b"hello\n", addr)?;
+            let mut buf = [0u8; 512];
+            let n = sock.recv(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+        })
+    }
+
+    /// `nft list table inet lowport` inside, or None when there is no such table.
+    pub fn nft_table(&self) -> Option<String> {
+        let out = self.run("nft", &["list", "table", "inet", "lowport"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Read a sysctl inside this namespace.
+    pub fn sysctl(&self, name: &str) -> String {
+        self.ok("sysctl", &["-n", name]).trim().to_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Connect, read the banner, check an echo round trip.
+pub fn tcp_banner(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(s.try_clone()?);
+    let mut banner = String::new();
+    reader.read_line(&mut banner)?;
+    s.write_all(b"ping\n")?;
+    let mut echo = String::new();
+    reader.read_line(&mut echo)?;
+    assert_eq!(echo, "ping\n", "echo through {addr}");
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest)?;
+    Ok(banner.trim().to_owned())
+}
+
+/// Two namespaces joined by a veth pair: `host` (the machine lowport runs
+/// on) and `remote` (another machine on its LAN), with IPv4 and IPv6.
+pub struct Lan {
+    pub host: Netns,
+    pub remote: Netns,
+}
+
+impl Lan {
+    pub const HOST_V4: &'static str = "10.231.0.1";
+    pub const REMOTE_V4: &'static str = "10.231.0.2";
+    pub const HOST_V6: &'static str = "fd00:231::1";
+    pub const REMOTE_V6: &'static str = "fd00:231::2";
+
+    /// Make both namespaces and link them. The remote routes everything
+    /// (including 127.0.0.0/8, as a hostile neighbour might) to the host.
+    pub fn new(tag: &str) -> Lan {
+        let host = Netns::new(&format!("{tag}h"));
+        let remote = Netns::new(&format!("{tag}r"));
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let (a, b) = (
+            format!("lpa{}x{}", std::process::id() % 100000, n),
+            format!("lpb{}x{}", std::process::id() % 100000, n),
+        );
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &a,
+                "netns",
+                &host.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &b,
+                "netns",
+                &remote.name,
+            ],
+        );
+        for (ns, dev, v4, v6) in [
+            (&host, &a, Self::HOST_V4, Self::HOST_V6),
+            (&remote, &b, Self::REMOTE_V4, Self::REMOTE_V6),
+        ] {
+            ns.ok("ip", &["link", "set", dev, "name", "eth0"]);
+            ns.ok("ip", &["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
+            ns.ok(
+                "ip",
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            );
+            ns.ok("ip", &["link", "set", "eth0", "up"]);
+        }
+        Lan { host, remote }
+    }
+}

@@ -1,10 +1,24 @@
 //! The only module that knows YAML: parse `lowport.yaml` and `-m` specs, then
 //! validate them into [`Mapping`]s and typed settings.
+//!
+//! Parsing happens in two steps so that every error can name the file, the
+//! mapping (index and name) and the bad value: the document is read as a
+//! YAML tree first (syntax errors carry line and column), then each mapping
+//! is decoded and validated on its own.
 
-use std::num::NonZeroUsize;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::{NonZeroU16, NonZeroUsize};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::mapping::Mapping;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::mapping::{Listen, Mapping, Protocol, ProxyProtocol, Target, TargetHost};
+
+/// Where the configuration comes from when neither `-c` nor `-m` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/lowport/lowport.yaml";
 
 /// Proxy-mode settings (`proxy:` section), validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +59,20 @@ pub enum BackendChoice {
     Iptables,
 }
 
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "nftables" | "nft" => Ok(BackendChoice::Nftables),
+            "iptables" => Ok(BackendChoice::Iptables),
+            other => Err(format!(
+                "unknown backend \"{other}\"; valid: auto, nftables, iptables"
+            )),
+        }
+    }
+}
+
 /// Rules-mode settings (`rules:` section).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RulesSettings {
@@ -59,4 +87,749 @@ pub struct Config {
     pub mappings: Vec<Mapping>,
     pub proxy: ProxySettings,
     pub rules: RulesSettings,
+}
+
+/// Where to read the configuration from, as the command line said.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Source {
+    /// `-c FILE`.
+    pub file: Option<PathBuf>,
+    /// `-m SPEC`, in order.
+    pub specs: Vec<String>,
+}
+
+impl Source {
+    /// The file that will be read: `-c`, or the default when no `-m` is given.
+    pub fn effective_file(&self) -> Option<PathBuf> {
+        match (&self.file, self.specs.is_empty()) {
+            (Some(f), _) => Some(f.clone()),
+            (None, true) => Some(PathBuf::from(DEFAULT_CONFIG)),
+            (None, false) => None,
+        }
+    }
+}
+
+/// A configuration error: where it is, and what is wrong and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}{hint}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("{}: {}", path.display(), syntax_message(source))]
+    Syntax {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+fn syntax_message(e: &serde_yaml::Error) -> String {
+    match e.location() {
+        Some(loc) => format!(
+            "YAML syntax error at line {}, column {}: {}",
+            loc.line(),
+            loc.column(),
+            strip_location(&e.to_string())
+        ),
+        None => format!("YAML error: {e}"),
+    }
+}
+
+/// serde_yaml appends " at line L column C"; we print that first instead.
+fn strip_location(msg: &str) -> &str {
+    match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    }
+}
+
+/// Read and validate the configuration that `source` names.
+pub fn load(source: &Source) -> Result<Config, ConfigError> {
+    let mut config = match source.effective_file() {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+                hint: if e.kind() == std::io::ErrorKind::NotFound && source.file.is_none() {
+                    "; pass a file with -c FILE or mappings with -m 80:8080"
+                } else {
+                    ""
+                },
+                path: path.clone(),
+                source: e,
+            })?;
+            parse_str(&text, &path)?
+        }
+        None => Config::default(),
+    };
+    for spec in &source.specs {
+        let index = config.mappings.len();
+        let origin = format!("-m {spec}");
+        let m = parse_spec(spec, index).map_err(|message| ConfigError::Invalid {
+            origin: origin.clone(),
+            message: format!("mapping #{}: {message}", index + 1),
+        })?;
+        check_conflicts(&config.mappings, &m)
+            .map_err(|message| ConfigError::Invalid { origin, message })?;
+        config.mappings.push(m);
+    }
+    if config.mappings.is_empty() {
+        return Err(ConfigError::Invalid {
+            origin: source
+                .effective_file()
+                .map_or_else(|| "command line".to_owned(), |p| p.display().to_string()),
+            message: "no mappings: add at least one under `mappings:` (listen: 80, to: 8080) \
+                      or pass -m 80:8080"
+                .to_owned(),
+        });
+    }
+    Ok(config)
+}
+
+// ---- The YAML shapes. Listen/to stay raw values so that `80` and "[::]:80"
+// ---- are both accepted and every error can quote what was written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    mappings: Option<Vec<Value>>,
+    #[serde(default)]
+    proxy: Option<RawProxy>,
+    #[serde(default)]
+    rules: Option<RawRules>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    name: Option<Value>,
+    listen: Option<Value>,
+    to: Option<Value>,
+    protocol: Option<Value>,
+    proxy_protocol: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    max_connections: Option<Value>,
+    connect_timeout: Option<Value>,
+    idle_timeout: Option<Value>,
+    fin_timeout: Option<Value>,
+    shutdown_timeout: Option<Value>,
+    user: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    backend: Option<Value>,
+    enable_forwarding: Option<Value>,
+}
+
+/// Parse a YAML document (the contents of `path`).
+pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        origin: path.display().to_string(),
+        message,
+    };
+    let syntax = |source| ConfigError::Syntax {
+        path: path.to_owned(),
+        source,
+    };
+    // A tree first: syntax errors keep their line and column.
+    let tree: Value = serde_yaml::from_str(text).map_err(syntax)?;
+    if tree.is_null() {
+        return Err(invalid(
+            "the file is empty; it needs a `mappings:` list (see rules/examples/)".to_owned(),
+        ));
+    }
+    if !tree.is_mapping() {
+        return Err(invalid(format!(
+            "the top level must be a map with `mappings:`, `proxy:` and `rules:`, not {}",
+            describe(&tree)
+        )));
+    }
+    let raw: RawFile = serde_yaml::from_value(tree).map_err(|e| invalid(top_level_message(&e)))?;
+
+    let mut config = Config::default();
+    for (index, value) in raw.mappings.unwrap_or_default().into_iter().enumerate() {
+        let m = parse_mapping(value, index).map_err(&invalid)?;
+        check_conflicts(&config.mappings, &m).map_err(&invalid)?;
+        config.mappings.push(m);
+    }
+    if let Some(p) = raw.proxy {
+        config.proxy = parse_proxy(p).map_err(&invalid)?;
+    }
+    if let Some(r) = raw.rules {
+        config.rules = parse_rules(r).map_err(&invalid)?;
+    }
+    Ok(config)
+}
+
+fn top_level_message(e: &serde_yaml::Error) -> String {
+    let msg = strip_location(&e.to_string()).to_owned();
+    // serde names the section in its path ("proxy: unknown field ...").
+    if msg.contains("unknown field") {
+        format!("{msg}; remove or correct the key")
+    } else {
+        msg
+    }
+}
+
+/// How a mapping is named in messages: `mapping #2 "web"`.
+fn mapping_label(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("mapping #{} \"{n}\"", index + 1),
+        None => format!("mapping #{}", index + 1),
+    }
+}
+
+fn parse_mapping(value: Value, index: usize) -> Result<Mapping, String> {
+    // Read the name before anything else, so every later error can carry it.
+    let name_hint = value.get("name").and_then(Value::as_str).map(str::to_owned);
+    let label = mapping_label(index, name_hint.as_deref());
+    if !value.is_mapping() {
+        return Err(format!(
+            "{label}: expected a map with `listen:` and `to:`, found {}",
+            describe(&value)
+        ));
+    }
+    let raw: RawMapping = serde_yaml::from_value(value).map_err(|e| {
+        let msg = strip_location(&e.to_string()).to_owned();
+        format!("{label}: {msg}")
+    })?;
+    let name = match raw.name {
+        None => None,
+        Some(v) => Some(parse_name(&v).map_err(|m| format!("{label}: {m}"))?),
+    };
+    let listen_text = scalar_text(raw.listen.as_ref())
+        .map_err(|m| format!("{label}: `listen` {m}; write a port (80) or \"ADDR:PORT\""))?;
+    let listen = parse_listen(&listen_text)
+        .map_err(|m| format!("{label}: listen \"{listen_text}\": {m}"))?;
+    let to_text = scalar_text(raw.to.as_ref())
+        .map_err(|m| format!("{label}: `to` {m}; write a port (8080) or \"HOST:PORT\""))?;
+    let target = parse_target(&to_text).map_err(|m| format!("{label}: to \"{to_text}\": {m}"))?;
+    let protocol = match raw.protocol {
+        None => Protocol::Tcp,
+        Some(v) => parse_protocol(&value_text(&v))
+            .map_err(|m| format!("{label}: protocol \"{}\": {m}", value_text(&v)))?,
+    };
+    let proxy_protocol = match raw.proxy_protocol {
+        None => ProxyProtocol::Off,
+        Some(Value::Bool(false)) => ProxyProtocol::Off,
+        Some(v) => match value_text(&v).as_str() {
+            "off" => ProxyProtocol::Off,
+            "v1" => ProxyProtocol::V1,
+            "v2" => ProxyProtocol::V2,
+            other => {
+                return Err(format!(
+                    "{label}: proxy_protocol \"{other}\" is not valid; use off, v1 or v2"
+                ))
+            }
+        },
+    };
+    Ok(Mapping {
+        index,
+        name,
+        listen,
+        target,
+        protocol,
+        proxy_protocol,
+    })
+}
+
+fn parse_name(v: &Value) -> Result<String, String> {
+    let Some(name) = v.as_str() else {
+        return Err(format!("name must be text, found {}", describe(v)));
+    };
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        return Err(format!(
+            "name \"{name}\" is not valid; use 1 to 64 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Text of a scalar that must be present (`listen`, `to`).
+fn scalar_text(v: Option<&Value>) -> Result<String, String> {
+    match v {
+        None => Err("is missing".to_owned()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(format!("must be a port or text, found {}", describe(other))),
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => describe(other),
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "nothing (null)".to_owned(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the text \"{s}\""),
+        Value::Sequence(_) => "a list".to_owned(),
+        Value::Mapping(_) => "a map".to_owned(),
+        Value::Tagged(_) => "a tagged value".to_owned(),
+    }
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    match s {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        "both" => Ok(Protocol::Both),
+        _ => Err("is not valid; use tcp, udp or both".to_owned()),
+    }
+}
+
+/// A port number: 1 to 65535.
+fn parse_port(s: &str) -> Result<NonZeroU16, String> {
+    if s.is_empty() || !s.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("port \"{s}\" is not a number; use 1 to 65535"));
+    }
+    match s.parse::<u32>() {
+        Ok(0) => Err("port 0 is not allowed; use 1 to 65535".to_owned()),
+        Ok(n) if n <= 65535 => Ok(NonZeroU16::new(n as u16).expect("checked non-zero")),
+        _ => Err(format!("port {s} is out of range; use 1 to 65535")),
+    }
+}
+
+/// Split "ADDR:PORT" (ADDR may be a bracketed IPv6) into ADDR and PORT.
+fn split_host_port(s: &str) -> Result<(Option<&str>, &str), String> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| "an opening '[' without ']'".to_owned())?;
+        let port = tail
+            .strip_prefix(':')
+            .ok_or_else(|| format!("a port must follow [{host}], as in [{host}]:80"))?;
+        return Ok((Some(host), port));
+    }
+    match s.rsplit_once(':') {
+        None => Ok((None, s)),
+        Some((host, _)) if host.contains(':') => {
+            Err("an IPv6 address must be written in brackets, as in \"[::1]:8080\"".to_owned())
+        }
+        Some((host, port)) => Ok((Some(host), port)),
+    }
+}
+
+fn parse_ip(host: &str, bracketed: bool) -> Result<IpAddr, String> {
+    if bracketed {
+        host.parse::<Ipv6Addr>()
+            .map(IpAddr::V6)
+            .map_err(|_| format!("\"{host}\" is not an IPv6 address"))
+    } else {
+        host.parse::<Ipv4Addr>()
+            .map(IpAddr::V4)
+            .map_err(|_| format!("\"{host}\" is not an IPv4 address (IPv6 goes in brackets)"))
+    }
+}
+
+/// `[ADDR:]PORT`.
+pub fn parse_listen(s: &str) -> Result<Listen, String> {
+    let s = s.trim();
+    let (host, port) = split_host_port(s)?;
+    let port = parse_port(port)?;
+    let addr = match host {
+        None => None,
+        Some(h) => Some(parse_ip(h, s.starts_with('['))?),
+    };
+    Ok(Listen { addr, port })
+}
+
+/// `[HOST:]PORT`, HOST an address or a DNS name.
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    let s = s.trim();
+    let (host, port) = split_host_port(s)?;
+    let port = parse_port(port)?;
+    let host = match host {
+        None => TargetHost::Local,
+        Some(h) if s.starts_with('[') => TargetHost::Ip(parse_ip(h, true)?),
+        Some(h) => match h.parse::<Ipv4Addr>() {
+            Ok(ip) => TargetHost::Ip(IpAddr::V4(ip)),
+            Err(_) if is_host_name(h) => TargetHost::Name(h.to_owned()),
+            Err(_) => {
+                return Err(format!(
+                    "\"{h}\" is neither an IPv4 address nor a host name"
+                ))
+            }
+        },
+    };
+    if let TargetHost::Ip(ip) = host {
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(format!(
+                "{ip} cannot be a target; use this host's address, 127.0.0.1, or leave the host out"
+            ));
+        }
+    }
+    Ok(Target { host, port })
+}
+
+fn is_host_name(h: &str) -> bool {
+    // Not all digits and dots: "1.2.3" is a typo for an address, not a name.
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    h.len() <= 253
+        && h.split('.').all(label_ok)
+        && !h.chars().all(|c| c.is_ascii_digit() || c == '.')
+}
+
+/// Parse one `-m` spec:
+/// `[LISTEN_ADDR:]LISTEN_PORT:[TARGET_HOST:]TARGET_PORT[/tcp|/udp|/both]`.
+/// With three fields, a first field that is a number is the listen port.
+pub fn parse_spec(spec: &str, index: usize) -> Result<Mapping, String> {
+    let (body, protocol) = match spec.rsplit_once('/') {
+        Some((body, proto)) => (
+            body,
+            parse_protocol(proto).map_err(|m| format!("protocol \"{proto}\" {m}"))?,
+        ),
+        None => (spec, Protocol::Tcp),
+    };
+    let fields = split_fields(body)?;
+    let usage = || {
+        format!(
+            "\"{spec}\" is not a mapping; write [LISTEN_ADDR:]LISTEN_PORT:[TARGET_HOST:]TARGET_PORT, \
+             as in 80:8080, 0.0.0.0:80:127.0.0.1:8080 or [::]:443:[::1]:8443"
+        )
+    };
+    let (listen, to) = match fields.as_slice() {
+        [lp, tp] => (lp.to_string(), tp.to_string()),
+        [a, b, c] if !a.is_empty() && a.chars().all(|ch| ch.is_ascii_digit()) => {
+            (a.to_string(), format!("{b}:{c}"))
+        }
+        [a, b, c] => (format!("{a}:{b}"), c.to_string()),
+        [a, b, c, d] => (format!("{a}:{b}"), format!("{c}:{d}")),
+        f if f.len() > 4 => {
+            return Err(format!(
+                "{}; an IPv6 address must be written in brackets",
+                usage()
+            ))
+        }
+        _ => return Err(usage()),
+    };
+    let listen = parse_listen(&listen).map_err(|m| format!("listen \"{listen}\": {m}"))?;
+    let target = parse_target(&to).map_err(|m| format!("to \"{to}\": {m}"))?;
+    Ok(Mapping {
+        index,
+        name: None,
+        listen,
+        target,
+        protocol,
+        proxy_protocol: ProxyProtocol::Off,
+    })
+}
+
+/// Split on ':' outside brackets, keeping the brackets.
+fn split_fields(s: &str) -> Result<Vec<&str>, String> {
+    let mut fields = Vec::new();
+    let mut depth = 0;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ':' if depth == 0 => {
+                fields.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(format!(
+            "\"{s}\": unbalanced brackets around an IPv6 address"
+        ));
+    }
+    fields.push(&s[start..]);
+    Ok(fields)
+}
+
+/// Two listens overlap when a client packet could match both.
+fn listens_overlap(a: &Listen, b: &Listen) -> bool {
+    if a.port != b.port {
+        return false;
+    }
+    match (a.addr, b.addr) {
+        (None, _) | (_, None) => true,
+        (Some(x), Some(y)) if std::mem::discriminant(&x) != std::mem::discriminant(&y) => false,
+        (Some(x), Some(y)) => x == y || x.is_unspecified() || y.is_unspecified(),
+    }
+}
+
+fn check_conflicts(existing: &[Mapping], m: &Mapping) -> Result<(), String> {
+    for other in existing {
+        let proto_overlap = (m.protocol.has_tcp() && other.protocol.has_tcp())
+            || (m.protocol.has_udp() && other.protocol.has_udp());
+        if proto_overlap && listens_overlap(&m.listen, &other.listen) {
+            return Err(format!(
+                "{}: listen {} ({}) overlaps {} (listen {}, {}); each address, port and protocol \
+                 can be mapped only once",
+                mapping_label(m.index, m.name.as_deref()),
+                m.listen,
+                m.protocol,
+                mapping_label(other.index, other.name.as_deref()),
+                other.listen,
+                other.protocol
+            ));
+        }
+        if m.name.is_some() && m.name == other.name {
+            return Err(format!(
+                "{}: the name is already used by mapping #{}; names must be unique",
+                mapping_label(m.index, m.name.as_deref()),
+                other.index + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_duration(key: &str, v: &Value) -> Result<Duration, String> {
+    let text = value_text(v);
+    let d = match v {
+        Value::Number(n) => n.as_u64().map(Duration::from_secs),
+        Value::String(s) => humantime::parse_duration(s).ok(),
+        _ => None,
+    };
+    match d {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "proxy.{key} \"{text}\" is not a duration; write e.g. 500ms, 5s, 10m or 1h (more than zero)"
+        )),
+    }
+}
+
+fn parse_proxy(raw: RawProxy) -> Result<ProxySettings, String> {
+    let mut p = ProxySettings::default();
+    if let Some(v) = raw.max_connections {
+        p.max_connections = v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| {
+                format!(
+                    "proxy.max_connections \"{}\" is not valid; use a whole number of at least 1",
+                    value_text(&v)
+                )
+            })?;
+    }
+    let durations: [(&str, Option<Value>, &mut Duration); 4] = [
+        (
+            "connect_timeout",
+            raw.connect_timeout,
+            &mut p.connect_timeout,
+        ),
+        ("idle_timeout", raw.idle_timeout, &mut p.idle_timeout),
+        ("fin_timeout", raw.fin_timeout, &mut p.fin_timeout),
+        (
+            "shutdown_timeout",
+            raw.shutdown_timeout,
+            &mut p.shutdown_timeout,
+        ),
+    ];
+    for (key, value, slot) in durations {
+        if let Some(v) = value {
+            *slot = parse_duration(key, &v)?;
+        }
+    }
+    if let Some(v) = raw.user {
+        match v.as_str() {
+            Some(u) if !u.is_empty() && !u.contains(char::is_whitespace) => p.user = u.to_owned(),
+            _ => {
+                return Err(format!(
+                    "proxy.user \"{}\" is not a user name",
+                    value_text(&v)
+                ))
+            }
+        }
+    }
+    Ok(p)
+}
+
+fn parse_rules(raw: RawRules) -> Result<RulesSettings, String> {
+    let mut r = RulesSettings::default();
+    if let Some(v) = raw.backend {
+        r.backend = value_text(&v)
+            .parse()
+            .map_err(|m: String| format!("rules.backend: {m}"))?;
+    }
+    if let Some(v) = raw.enable_forwarding {
+        r.enable_forwarding = v.as_bool().ok_or_else(|| {
+            format!(
+                "rules.enable_forwarding \"{}\" is not valid; use true or false",
+                value_text(&v)
+            )
+        })?;
+    }
+    Ok(r)
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Nftables => "nftables",
+            BackendChoice::Iptables => "iptables",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, String> {
+        parse_str(yaml, Path::new("test.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_file() {
+        let c = parse("mappings:\n  - listen: 80\n    to: 8080\n").unwrap();
+        assert_eq!(c.mappings.len(), 1);
+        let m = &c.mappings[0];
+        assert_eq!(m.listen.addr, None);
+        assert_eq!(m.listen.port.get(), 80);
+        assert_eq!(m.target.host, TargetHost::Local);
+        assert_eq!(m.protocol, Protocol::Tcp);
+        assert_eq!(c.proxy, ProxySettings::default());
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            "mappings:\n  - name: web\n    listen: \"[::]:443\"\n    to: \"127.0.0.1:8443\"\n    proxy_protocol: v2\n    protocol: both\n\
+             proxy:\n  max_connections: 10\n  connect_timeout: 2s\n  idle_timeout: 1m\n  user: www-data\n\
+             rules:\n  backend: iptables\n  enable_forwarding: true\n",
+        )
+        .unwrap();
+        let m = &c.mappings[0];
+        assert_eq!(m.listen.addr, Some("::".parse().unwrap()));
+        assert_eq!(m.target.host, TargetHost::Ip("127.0.0.1".parse().unwrap()));
+        assert_eq!(m.proxy_protocol, ProxyProtocol::V2);
+        assert_eq!(m.protocol, Protocol::Both);
+        assert_eq!(c.proxy.max_connections.get(), 10);
+        assert_eq!(c.proxy.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.proxy.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.proxy.user, "www-data");
+        assert_eq!(c.rules.backend, BackendChoice::Iptables);
+        assert!(c.rules.enable_forwarding);
+    }
+
+    #[test]
+    fn specs() {
+        let cases = [
+            ("80:8080", None, TargetHost::Local),
+            (
+                "0.0.0.0:80:127.0.0.1:8080",
+                Some("0.0.0.0"),
+                TargetHost::Ip("127.0.0.1".parse().unwrap()),
+            ),
+            (
+                "[::]:443:[::1]:8443",
+                Some("::"),
+                TargetHost::Ip("::1".parse().unwrap()),
+            ),
+            (
+                "80:backend.lan:8080",
+                None,
+                TargetHost::Name("backend.lan".into()),
+            ),
+            ("10.0.0.1:80:8080", Some("10.0.0.1"), TargetHost::Local),
+        ];
+        for (spec, addr, host) in cases {
+            let m = parse_spec(spec, 0).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_eq!(m.listen.addr, addr.map(|a| a.parse().unwrap()), "{spec}");
+            assert_eq!(m.target.host, host, "{spec}");
+        }
+        assert_eq!(
+            parse_spec("443:8443/udp", 0).unwrap().protocol,
+            Protocol::Udp
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_what_to_write() {
+        for (spec, needle) in [
+            ("80", "is not a mapping"),
+            ("0:8080", "port 0"),
+            ("80:70000", "out of range"),
+            ("::1:80:8080", "brackets"),
+            ("80:8080/sctp", "use tcp, udp or both"),
+            ("1.2.3:80:8080", "not an IPv4 address"),
+            ("80:[::1:8080", "unbalanced"),
+        ] {
+            let err = parse_spec(spec, 0).unwrap_err();
+            assert!(err.contains(needle), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn overlaps() {
+        let l = |s: &str| parse_listen(s).unwrap();
+        assert!(listens_overlap(&l("80"), &l("10.0.0.1:80")));
+        assert!(listens_overlap(&l("0.0.0.0:80"), &l("10.0.0.1:80")));
+        assert!(!listens_overlap(&l("[::]:80"), &l("10.0.0.1:80")));
+        assert!(!listens_overlap(&l("10.0.0.2:80"), &l("10.0.0.1:80")));
+        assert!(!listens_overlap(&l("80"), &l("81")));
+    }
+
+    #[test]
+    fn tcp_and_udp_on_one_port_do_not_conflict() {
+        let c = parse(
+            "mappings:\n  - {listen: 443, to: 8443}\n  - {listen: 443, to: 8443, protocol: udp}\n",
+        );
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn errors_name_file_mapping_and_value() {
+        let err = parse("mappings:\n  - name: web\n    listen: 0\n    to: 8080\n").unwrap_err();
+        assert!(
+            err.starts_with("test.yaml: mapping #1 \"web\": listen \"0\""),
+            "{err}"
+        );
+        let err =
+            parse("mappings:\n  - {listen: 80, to: 8080}\n  - {name: b, listen: 80, to: 81}\n")
+                .unwrap_err();
+        assert!(
+            err.contains("mapping #2 \"b\"") && err.contains("overlaps mapping #1"),
+            "{err}"
+        );
+        let err = parse("mappings:\n  - {listen: 80, to: 8080, lisen: 3}\n").unwrap_err();
+        assert!(err.contains("unknown field `lisen`"), "{err}");
+        let err = parse("mappings: [\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn source_defaults() {
+        let s = Source::default();
+        assert_eq!(s.effective_file(), Some(PathBuf::from(DEFAULT_CONFIG)));
+        let s = Source {
+            file: None,
+            specs: vec!["80:8080".into()],
+        };
+        assert_eq!(s.effective_file(), None);
+        let c = load(&s).unwrap();
+        assert_eq!(c.mappings.len(), 1);
+    }
 }

@@ -119,10 +119,10 @@ pub enum ConfigError {
         source: std::io::Error,
         hint: &'static str,
     },
-    #[error("{}: {}", path.display(), syntax_message(source))]
+    #[error("{}: {}", path.display(), syntax_message(error))]
     Syntax {
         path: PathBuf,
-        source: serde_yaml::Error,
+        error: serde_yaml::Error,
     },
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
@@ -237,9 +237,9 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         origin: path.display().to_string(),
         message,
     };
-    let syntax = |source| ConfigError::Syntax {
+    let syntax = |error| ConfigError::Syntax {
         path: path.to_owned(),
-        source,
+        error,
     };
     // A tree first: syntax errors keep their line and column.
     let tree: Value = serde_yaml::from_str(text).map_err(syntax)?;
@@ -317,7 +317,7 @@ fn parse_mapping(value: Value, index: usize) -> Result<Mapping, String> {
     let protocol = match raw.protocol {
         None => Protocol::Tcp,
         Some(v) => parse_protocol(&value_text(&v))
-            .map_err(|m| format!("{label}: protocol \"{}\": {m}", value_text(&v)))?,
+            .map_err(|m| format!("{label}: protocol \"{}\" {m}", value_text(&v)))?,
     };
     let proxy_protocol = match raw.proxy_protocol {
         None => ProxyProtocol::Off,

@@ -2,6 +2,8 @@
 //! NAT rules (nftables or iptables) or a zero-copy splice proxy, from one
 //! YAML description.
 
+pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod firewall;
 pub mod mapping;

@@ -5,8 +5,10 @@
 //! [`select_backend`].
 
 pub mod plan;
+pub mod sysctl;
 
-use plan::RuleSet;
+use crate::config::RulesSettings;
+use plan::{Family, RulePlan, RuleSet, Sysctl};
 
 /// Name of the nftables table lowport owns (family `inet`).
 pub const TABLE: &str = "lowport";
@@ -47,4 +49,271 @@ pub trait Backend {
     /// Exactly what `apply` would send, in the backend's own text form
     /// (`nft -f` script, `iptables-restore` input), for `--dry-run`.
     fn render(&self, rules: &RuleSet) -> String;
+}
+
+/// Why `rules apply` or `rules remove` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error(
+        "{mappings} forward to another host, which needs {sysctl}=1, and it is 0.\n\
+         Turn it on yourself (`sysctl -w {sysctl}=1`, and a file in /etc/sysctl.d/ to keep it), \
+         or let lowport do it (and undo it on remove) with `rules: {{enable_forwarding: true}}`"
+    )]
+    ForwardingOff { sysctl: Sysctl, mappings: String },
+    #[error("cannot read or change {sysctl}")]
+    Sysctl {
+        sysctl: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+}
+
+/// What `apply` or `remove` changed besides the rules.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Sysctls set, with their new values.
+    pub sysctls: Vec<(Sysctl, u8)>,
+    /// UDP conntrack entries deleted so old flows stop going to old targets.
+    pub flows_deleted: usize,
+}
+
+fn sysctl_err(sysctl: impl ToString) -> impl FnOnce(std::io::Error) -> RulesError {
+    let sysctl = sysctl.to_string();
+    move |source| RulesError::Sysctl { sysctl, source }
+}
+
+/// Install `plan` with `backend`: check forwarding, replace the rules
+/// atomically, switch the sysctls the rules need (and put back the ones
+/// they no longer need), forget UDP flows whose mapping went away, and
+/// verify by reading the rules back.
+pub fn apply(
+    backend: &mut dyn Backend,
+    plan: &RulePlan,
+    settings: &RulesSettings,
+) -> Result<Outcome, RulesError> {
+    for &s in plan.sysctls.iter().filter(|s| s.is_forwarding()) {
+        let on = sysctl::read(s).map_err(sysctl_err(s))? == 1;
+        if !on && !settings.enable_forwarding {
+            let family = if s == Sysctl::Ipv4Forward {
+                Family::V4
+            } else {
+                Family::V6
+            };
+            let mut names: Vec<&str> = plan
+                .rules
+                .masquerade
+                .iter()
+                .filter(|m| Family::of(m.daddr) == family)
+                .map(|m| m.comment.as_str())
+                .collect();
+            names.dedup();
+            return Err(RulesError::ForwardingOff {
+                sysctl: s,
+                mappings: format!("mappings {}", names.join(", ")),
+            });
+        }
+    }
+    let before = match backend.list() {
+        Ok(rules) => rules,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the current rules; replacing them anyway");
+            None
+        }
+    };
+    backend.apply(&plan.rules)?;
+    tracing::info!(
+        backend = backend.name(),
+        rules = plan.rules.nat.len(),
+        "rules installed"
+    );
+
+    let mut ledger = sysctl::Ledger::open().map_err(sysctl_err("the sysctl ledger"))?;
+    let sysctls = ledger
+        .converge(&plan.sysctls)
+        .map_err(sysctl_err("the sysctls the rules need"))?;
+    for (s, v) in &sysctls {
+        tracing::info!(sysctl = %s, value = v, "sysctl set");
+    }
+
+    let flows_deleted = forget_udp_flows(before.as_ref(), Some(&plan.rules));
+
+    let found = backend.list()?;
+    if found.as_ref() != Some(&plan.rules) {
+        return Err(FirewallError::Verify {
+            sent: Box::new(plan.rules.clone()),
+            found: Box::new(found.unwrap_or_default()),
+        }
+        .into());
+    }
+    Ok(Outcome {
+        sysctls,
+        flows_deleted,
+    })
+}
+
+/// Remove lowport's rules and put back every sysctl it changed.
+/// Removing nothing succeeds.
+pub fn remove(backend: &mut dyn Backend) -> Result<Outcome, RulesError> {
+    let before = backend.list().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the current rules; removing them anyway");
+        None
+    });
+    backend.remove()?;
+    let mut ledger = sysctl::Ledger::open().map_err(sysctl_err("the sysctl ledger"))?;
+    let sysctls = ledger
+        .restore_all()
+        .map_err(sysctl_err("the sysctls lowport changed"))?;
+    let flows_deleted = forget_udp_flows(before.as_ref(), None);
+    Ok(Outcome {
+        sysctls,
+        flows_deleted,
+    })
+}
+
+/// UDP has no connection to end: conntrack keeps sending a flow to the
+/// target it was first translated to, even after the rule is gone. Delete
+/// the entries of every UDP rule that was installed and is not any more.
+/// A failure here is logged, not fatal: the rules themselves are in place.
+fn forget_udp_flows(before: Option<&RuleSet>, after: Option<&RuleSet>) -> usize {
+    let Some(before) = before else { return 0 };
+    let mut done = Vec::new();
+    let mut deleted = 0;
+    for rule in before
+        .nat
+        .iter()
+        .filter(|r| r.l4 == crate::mapping::L4::Udp)
+    {
+        let kept = after.is_some_and(|a| a.nat.contains(rule));
+        let key = (rule.dport, rule.family);
+        if kept || done.contains(&key) {
+            continue;
+        }
+        done.push(key);
+        match conntrack_delete_udp_flows(rule.dport, rule.family) {
+            Ok(n) => deleted += n,
+            Err(e) => tracing::warn!(
+                port = rule.dport,
+                error = %e,
+                "cannot delete old UDP conntrack entries; existing flows may keep their old target until they time out"
+            ),
+        }
+    }
+    deleted
+}
+
+/// The real host: DNS through the system resolver, and "is this address
+/// mine?" answered by trying to bind it (which succeeds exactly for local
+/// addresses, without parsing interface lists).
+pub struct SystemHost;
+
+impl plan::HostView for SystemHost {
+    fn resolve(&self, name: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+        use std::net::ToSocketAddrs;
+        Ok((name, 0).to_socket_addrs()?.map(|a| a.ip()).collect())
+    }
+
+    fn is_local(&self, ip: std::net::IpAddr) -> bool {
+        std::net::UdpSocket::bind((ip, 0)).is_ok()
+    }
+}
+
+/// `rules show`: the installed rules as a table a person can read.
+pub fn format_rules(backend: &str, rules: &RuleSet) -> String {
+    use std::fmt::Write;
+    let mut rows: Vec<[String; 6]> = vec![[
+        "NAME".into(),
+        "PROTO".into(),
+        "FAMILY".into(),
+        "LISTEN".into(),
+        "TARGET".into(),
+        "CLIENTS".into(),
+    ]];
+    // One row per mapping-rule, with the hooks it is on merged.
+    let mut seen: Vec<(&plan::NatRule, Vec<plan::Hook>)> = Vec::new();
+    for r in &rules.nat {
+        let same = |(o, _): &&mut (&plan::NatRule, Vec<plan::Hook>)| {
+            o.comment == r.comment
+                && o.l4 == r.l4
+                && o.family == r.family
+                && o.daddr == r.daddr
+                && o.dport == r.dport
+                && o.action == r.action
+        };
+        match seen.iter_mut().find(same) {
+            Some((_, hooks)) => hooks.push(r.hook),
+            None => seen.push((r, vec![r.hook])),
+        }
+    }
+    for (r, hooks) in seen {
+        let listen = match r.daddr {
+            Some(a) => std::net::SocketAddr::new(a, r.dport).to_string(),
+            None => format!("*:{}", r.dport),
+        };
+        let target = match r.action {
+            plan::NatAction::Redirect { port } => format!("this host:{port}"),
+            plan::NatAction::Dnat { addr, port } => {
+                std::net::SocketAddr::new(addr, port).to_string()
+            }
+        };
+        let clients = hooks
+            .iter()
+            .map(|h| match h {
+                plan::Hook::Prerouting => "remote",
+                plan::Hook::Output => "local",
+            })
+            .collect::<Vec<_>>()
+            .join("+");
+        rows.push([
+            r.comment.clone(),
+            r.l4.to_string(),
+            r.family.map_or("both".to_owned(), |f| f.to_string()),
+            listen,
+            target,
+            clients,
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!("lowport rules ({backend}, table inet {TABLE}):\n");
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "  {}", line.join("  ").trim_end());
+    }
+    for m in &rules.masquerade {
+        let _ = writeln!(
+            out,
+            "  masquerade {} to {} (replies from remote target of \"{}\" come back through this host)",
+            m.l4,
+            std::net::SocketAddr::new(m.daddr, m.dport),
+            m.comment
+        );
+    }
+    if rules.loopback_guard {
+        let _ = writeln!(
+            out,
+            "  guard: packets to 127.0.0.0/8 that did not arrive on lo are dropped (route_localnet is on)"
+        );
+    }
+    out
+}
+
+// TEMPORARY until src/firewall/conntrack.rs lands (do not commit).
+fn conntrack_delete_udp_flows(_dport: u16, _family: Option<Family>) -> std::io::Result<usize> {
+    Err(std::io::Error::other("conntrack cleanup not built yet"))
+}
+
+/// Choose the backend for `choice`, in one place.
+pub fn select_backend(
+    choice: crate::config::BackendChoice,
+) -> Result<Box<dyn Backend>, FirewallError> {
+    Err(FirewallError::Other(format!(
+        "backend {choice} is not built yet"
+    )))
 }

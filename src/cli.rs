@@ -1,0 +1,162 @@
+//! The command line, as clap derive types. The spellings here are the
+//! contract in DESIGN.md: add, don't rename.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{BackendChoice, Source};
+
+/// Reach an unprivileged server on privileged ports (80, 443) without
+/// running anything as root for long.
+///
+/// Two ways to serve the same mappings: `lowport rules apply` installs
+/// kernel NAT rules once (nftables or iptables) and exits; `lowport proxy`
+/// relays connections itself, with only the cap_net_bind_service
+/// capability, which it drops once its ports are bound.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lowport",
+    version,
+    after_help = "MAPPINGS:\n  \
+      -m SPEC is [LISTEN_ADDR:]LISTEN_PORT:[TARGET_HOST:]TARGET_PORT[/tcp|/udp|/both]\n  \
+      80:8080                      port 80 on every address -> port 8080 on this host\n  \
+      0.0.0.0:80:127.0.0.1:8080    IPv4 port 80 -> a backend bound to 127.0.0.1 only\n  \
+      [::]:443:[::1]:8443          IPv6 port 443 -> [::1]:8443\n  \
+      443:8443/udp                 HTTP/3 (rules mode only)\n\n\
+    EXAMPLES:\n  \
+      sudo lowport -m 80:8080 rules apply        serve :80 from an app on :8080\n  \
+      sudo lowport -c /etc/lowport/lowport.yaml rules apply --dry-run\n  \
+      sudo lowport rules show                    what the kernel has now\n  \
+      sudo lowport rules remove                  take it all away again\n\n\
+    EXIT STATUS:\n  \
+      0 success, 1 runtime failure (kernel, network, host), 2 bad usage or bad configuration"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// YAML configuration file. Default: /etc/lowport/lowport.yaml, unless
+    /// -m is given (then no file is read).
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        env = "LOWPORT_CONFIG",
+        global = true
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Add a mapping, after the file's (repeatable). See MAPPINGS below.
+    #[arg(short = 'm', long = "map", value_name = "SPEC", global = true)]
+    pub map: Vec<String>,
+
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+impl GlobalArgs {
+    /// Where the configuration comes from.
+    pub fn source(&self) -> Source {
+        Source {
+            file: self.config.clone(),
+            specs: self.map.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install, remove or show kernel NAT rules (one shot; nothing keeps running).
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Replace lowport's rules with the configured mappings, atomically.
+    ///
+    /// Rules live in a table lowport owns (`table inet lowport` with
+    /// nftables): remote clients are redirected on prerouting, clients on
+    /// this host on output (local destinations only, so the host's own
+    /// connections to port 80 elsewhere are untouched). If the kernel
+    /// rejects the new rules, the previous ones keep serving.
+    Apply {
+        #[command(flatten)]
+        backend: BackendArg,
+        /// Print what would be sent (an `nft -f` script) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove lowport's rules and put back the sysctls it changed.
+    /// Removing nothing succeeds.
+    Remove {
+        #[command(flatten)]
+        backend: BackendArg,
+    },
+    /// Read lowport's rules back from the kernel and print them as mappings.
+    Show {
+        #[command(flatten)]
+        backend: BackendArg,
+    },
+}
+
+/// `--backend`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct BackendArg {
+    /// Firewall backend; default: the config's `rules.backend`, else auto
+    /// (nftables).
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub backend: Option<BackendFlag>,
+}
+
+/// Values of `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendFlag {
+    Auto,
+    Nftables,
+    Iptables,
+}
+
+impl From<BackendFlag> for BackendChoice {
+    fn from(f: BackendFlag) -> Self {
+        match f {
+            BackendFlag::Auto => BackendChoice::Auto,
+            BackendFlag::Nftables => BackendChoice::Nftables,
+            BackendFlag::Iptables => BackendChoice::Iptables,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["lowport", "rules", "apply", "-m", "80:8080", "--dry-run"])
+            .unwrap();
+        assert_eq!(cli.global.map, vec!["80:8080"]);
+        assert!(matches!(
+            cli.command,
+            Command::Rules(RulesCommand::Apply { dry_run: true, .. })
+        ));
+    }
+}

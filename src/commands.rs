@@ -1,0 +1,150 @@
+//! What each subcommand does, between the parsed command line and the
+//! library, and which exit status each failure earns.
+
+use std::error::Error;
+use std::process::ExitCode;
+
+use crate::cli::{BackendArg, Cli, Command, GlobalArgs, RulesCommand};
+use crate::config::{self, BackendChoice, Config, ConfigError};
+use crate::firewall::{self, plan, Backend};
+
+/// A failed command: the error, and whether it was the user's input (exit
+/// 2) or the world (exit 1).
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad usage or configuration: exit 2.
+    Usage(Box<dyn Error + Send + Sync>),
+    /// Kernel, network or host failure: exit 1.
+    Runtime(Box<dyn Error + Send + Sync>),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Failure::Usage(_) => ExitCode::from(2),
+            Failure::Runtime(_) => ExitCode::from(1),
+        }
+    }
+
+    pub fn error(&self) -> &(dyn Error + 'static) {
+        match self {
+            Failure::Usage(e) | Failure::Runtime(e) => e.as_ref(),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Usage(Box::new(e))
+    }
+}
+
+impl From<plan::PlanError> for Failure {
+    fn from(e: plan::PlanError) -> Self {
+        Failure::Usage(Box::new(e))
+    }
+}
+
+impl From<firewall::FirewallError> for Failure {
+    fn from(e: firewall::FirewallError) -> Self {
+        Failure::Runtime(Box::new(e))
+    }
+}
+
+impl From<firewall::RulesError> for Failure {
+    fn from(e: firewall::RulesError) -> Self {
+        Failure::Runtime(Box::new(e))
+    }
+}
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Rules(cmd) => rules(&cli.global, cmd),
+    }
+}
+
+/// `remove` and `show` need no mappings, so a missing default config file
+/// is not an error for them; a file named with -c still must parse.
+fn optional_config(global: &GlobalArgs) -> Result<Option<Config>, Failure> {
+    let source = global.source();
+    let default_missing = source.file.is_none()
+        && source.specs.is_empty()
+        && !std::path::Path::new(config::DEFAULT_CONFIG).exists();
+    if default_missing {
+        return Ok(None);
+    }
+    Ok(Some(config::load(&source)?))
+}
+
+fn backend_for(flag: BackendArg, config: Option<&Config>) -> Result<Box<dyn Backend>, Failure> {
+    let choice = flag
+        .backend
+        .map(BackendChoice::from)
+        .or(config.map(|c| c.rules.backend))
+        .unwrap_or_default();
+    firewall::select_backend(choice).map_err(Failure::from)
+}
+
+fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
+    match cmd {
+        RulesCommand::Apply { backend, dry_run } => {
+            let config = config::load(&global.source())?;
+            let plan = plan::plan(&config.mappings, &firewall::SystemHost)?;
+            for w in &plan.warnings {
+                tracing::warn!("{w}");
+            }
+            let mut backend = backend_for(backend, Some(&config))?;
+            if dry_run {
+                print!("{}", backend.render(&plan.rules));
+                if !plan.sysctls.is_empty() {
+                    let names: Vec<String> =
+                        plan.sysctls.iter().map(|s| format!("{s}=1")).collect();
+                    println!("# apply would also set: {}", names.join(" "));
+                }
+                return Ok(());
+            }
+            let outcome = firewall::apply(backend.as_mut(), &plan, &config.rules)?;
+            println!(
+                "lowport: {} mapping(s) installed as {} {} rule(s) in table inet {}",
+                config.mappings.len(),
+                plan.rules.nat.len(),
+                backend.name(),
+                firewall::TABLE
+            );
+            for (s, v) in outcome.sysctls {
+                println!("lowport: set {s}={v}");
+            }
+            if outcome.flows_deleted > 0 {
+                println!(
+                    "lowport: deleted {} UDP conntrack entries of changed mappings",
+                    outcome.flows_deleted
+                );
+            }
+            Ok(())
+        }
+        RulesCommand::Remove { backend } => {
+            let config = optional_config(global)?;
+            let mut backend = backend_for(backend, config.as_ref())?;
+            let outcome = firewall::remove(backend.as_mut())?;
+            println!("lowport: rules removed ({})", backend.name());
+            for (s, v) in outcome.sysctls {
+                println!("lowport: restored {s}={v}");
+            }
+            Ok(())
+        }
+        RulesCommand::Show { backend } => {
+            let config = optional_config(global)?;
+            let mut backend = backend_for(backend, config.as_ref())?;
+            match backend.list()? {
+                None => println!(
+                    "lowport: no rules installed ({}: table inet {} does not exist)",
+                    backend.name(),
+                    firewall::TABLE
+                ),
+                Some(rules) => print!("{}", firewall::format_rules(backend.name(), &rules)),
+            }
+            Ok(())
+        }
+    }
+}

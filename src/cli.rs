@@ -81,6 +81,10 @@ pub enum Command {
     /// Install, remove or show kernel NAT rules (one shot; nothing keeps running).
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Relay TCP connections in the foreground (splice(2), zero-copy): binds
+    /// the listen ports, drops every privilege, then serves. SIGTERM/SIGINT
+    /// drain and exit, SIGHUP reloads the configuration, SIGUSR1 logs counters.
+    Proxy,
 }
 
 #[derive(Debug, Subcommand)]

@@ -61,7 +61,20 @@ impl From<firewall::RulesError> for Failure {
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Rules(cmd) => rules(&cli.global, cmd),
+        Command::Proxy => proxy(&cli.global),
     }
+}
+
+/// `lowport proxy`: serve until SIGTERM; SIGHUP re-reads the same sources.
+fn proxy(global: &GlobalArgs) -> Result<(), Failure> {
+    let source = global.source();
+    let config = config::load(&source)?;
+    let reload: crate::proxy::Reload =
+        Box::new(move || config::load(&source).map_err(|e| e.to_string()));
+    crate::proxy::main(config, reload).map_err(|e| match e.exit_code() {
+        2 => Failure::Usage(Box::new(e)),
+        _ => Failure::Runtime(Box::new(e)),
+    })
 }
 
 /// `remove` and `show` need no mappings, so a missing default config file

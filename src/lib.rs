@@ -7,3 +7,5 @@ pub mod commands;
 pub mod config;
 pub mod firewall;
 pub mod mapping;
+pub mod privilege;
+pub mod proxy;

@@ -1,0 +1,364 @@
+//! The relay between one client and its backend: socket → pipe → socket
+//! with splice(2), driven by tokio readiness, with a user-space copy when
+//! no pipe can be had. This module holds the crate's main `unsafe`.
+//!
+//! The rules it keeps (DESIGN.md, "Proxy mode: the pitfalls"):
+//! - A socket's readiness is cleared only when *that socket* caused the
+//!   EAGAIN. Splicing socket → pipe happens only into an *empty* pipe, so an
+//!   EAGAIN there is the socket's (a pipe fills by slots, not bytes: a
+//!   part-full pipe can refuse data). Splicing pipe → socket happens only
+//!   from a *non-empty* pipe, so an EAGAIN there is the socket's too.
+//!   `try_io` clears readiness exactly on those EAGAINs.
+//! - The pipe is drained completely before the next read and before a FIN
+//!   is passed on; a pipe that may hold bytes is closed, never pooled.
+//! - A connection holds a pipe only while bytes are in it: waiting for data,
+//!   it holds its two sockets and nothing else.
+//! - Lengths are the pipe's real capacity or the bytes in it, never
+//!   `usize::MAX` (EINVAL on some kernels).
+//! - A reset or I/O error on either side is passed to the other as a reset
+//!   (SO_LINGER 0), never as a clean close; a FIN is passed on as
+//!   `shutdown(SHUT_WR)`, and the other direction goes on.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::pipe::PipePool;
+use super::stats::Stats;
+
+/// Size of the user-space buffer used when splice cannot be (one chunk at a
+/// time, freed afterwards).
+const COPY_CHUNK: usize = 32 * 1024;
+
+/// One end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        })
+    }
+}
+
+/// An I/O failure on one side of a connection.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {side}: {source}")]
+pub struct RelayError {
+    pub side: Side,
+    pub op: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
+fn err(side: Side, op: &'static str) -> impl FnOnce(io::Error) -> RelayError {
+    move |source| RelayError { side, op, source }
+}
+
+/// How a relayed connection ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Both directions finished with a FIN.
+    Closed,
+    /// Neither side sent anything for idle_timeout.
+    IdleTimeout,
+    /// One direction finished and the other did not within fin_timeout.
+    FinTimeout,
+    /// A reset or I/O error: both sockets must be reset.
+    Failed(RelayError),
+    /// The proxy is shutting down and shutdown_timeout ran out.
+    Shutdown,
+}
+
+/// Timeouts for one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub idle: Duration,
+    pub fin: Duration,
+}
+
+/// Last time either direction moved a byte.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `idle`.
+    async fn idle(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// What one direction needs besides its two sockets.
+struct Ctx<'a> {
+    pool: &'a Arc<PipePool>,
+    stats: &'a Stats,
+    activity: &'a Activity,
+}
+
+/// Which way bytes flow.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    ToBackend,
+    ToClient,
+}
+
+impl Direction {
+    /// (source side, destination side)
+    fn sides(self) -> (Side, Side) {
+        match self {
+            Direction::ToBackend => (Side::Client, Side::Backend),
+            Direction::ToClient => (Side::Backend, Side::Client),
+        }
+    }
+
+    fn counter(self, stats: &Stats) -> &AtomicU64 {
+        match self {
+            Direction::ToBackend => &stats.bytes_to_backend,
+            Direction::ToClient => &stats.bytes_to_client,
+        }
+    }
+}
+
+/// splice(2) `len` bytes from `fd_in` to `fd_out`, non-blocking.
+fn splice(fd_in: RawFd, fd_out: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both fds are open for the duration of the call (borrowed from
+    // live sockets and a live pipe); null offsets are required for pipes and
+    // sockets; `len` is a real, bounded length. SPLICE_F_MORE is not passed:
+    // on a socket it corks the last segment of a burst until more data comes,
+    // and the relay never knows which write is the last one.
+    let n = unsafe {
+        libc::splice(
+            fd_in,
+            std::ptr::null_mut(),
+            fd_out,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // n >= 0 and at most len, so it fits.
+        Ok(n as usize)
+    }
+}
+
+/// Errors that mean "this socket/pipe pair cannot splice", not "the peer
+/// failed": copy instead (only seen before any byte entered the pipe).
+fn splice_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+    )
+}
+
+/// Write all of `buf` to a non-blocking socket.
+pub async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Pass a FIN on: no more bytes will go to `dst`.
+fn pass_fin(dst: &TcpStream, side: Side) -> Result<(), RelayError> {
+    socket2::SockRef::from(dst)
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(err(side, "shut down writing to"))
+}
+
+/// One user-space chunk: read what is there, write all of it.
+/// `Ok(None)` is end of stream; `Ok(Some(0))` a spurious wake-up.
+async fn copy_chunk(
+    src: &TcpStream,
+    dst: &TcpStream,
+    dir: Direction,
+    ctx: &Ctx<'_>,
+) -> Result<Option<usize>, RelayError> {
+    let (src_side, dst_side) = dir.sides();
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let n = match src.try_read(&mut buf) {
+        Ok(0) => return Ok(None),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(0)),
+        Err(e) => return Err(err(src_side, "read from")(e)),
+    };
+    ctx.activity.touch();
+    write_all(dst, &buf[..n])
+        .await
+        .map_err(err(dst_side, "write to"))?;
+    dir.counter(ctx.stats)
+        .fetch_add(n as u64, Ordering::Relaxed);
+    ctx.activity.touch();
+    Ok(Some(n))
+}
+
+/// Relay one direction until the source's FIN has been passed on.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    dir: Direction,
+    ctx: &Ctx<'_>,
+) -> Result<(), RelayError> {
+    let (src_side, dst_side) = dir.sides();
+    let src_fd = src.as_raw_fd();
+    let dst_fd = dst.as_raw_fd();
+    let mut can_splice = true;
+    loop {
+        // Idle here: no pipe held.
+        src.readable().await.map_err(err(src_side, "wait for"))?;
+        let mut pipe = match can_splice.then(|| ctx.pool.take()) {
+            Some(Ok(pipe)) => pipe,
+            Some(Err(e)) => {
+                // EMFILE/ENFILE: no pipe for now. Copy this chunk, try again next time.
+                ctx.stats.splice_fallback(&e);
+                if copy_chunk(src, dst, dir, ctx).await?.is_none() {
+                    return pass_fin(dst, dst_side);
+                }
+                continue;
+            }
+            None => {
+                if copy_chunk(src, dst, dir, ctx).await?.is_none() {
+                    return pass_fin(dst, dst_side);
+                }
+                continue;
+            }
+        };
+        // The pipe is empty: an EAGAIN here can only be the socket's.
+        let capacity = pipe.pipe().capacity();
+        let pipe_w = pipe.pipe().write_fd();
+        match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w, capacity)) {
+            Ok(0) => {
+                drop(pipe); // empty: back to the pool
+                return pass_fin(dst, dst_side);
+            }
+            Ok(n) => pipe.in_pipe = n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if splice_unsupported(&e) => {
+                // Nothing entered the pipe: a copy loses nothing.
+                ctx.stats.splice_fallback(&e);
+                can_splice = false;
+                continue;
+            }
+            Err(e) => return Err(err(src_side, "read from")(e)),
+        }
+        ctx.activity.touch();
+        // Drain completely before reading again or passing a FIN on. The pipe
+        // is non-empty: an EAGAIN here can only be the destination's.
+        let pipe_r = pipe.pipe().read_fd();
+        while pipe.in_pipe > 0 {
+            dst.writable().await.map_err(err(dst_side, "wait for"))?;
+            let len = pipe.in_pipe;
+            match dst.try_io(Interest::WRITABLE, || splice(pipe_r, dst_fd, len)) {
+                Ok(0) => {
+                    return Err(err(dst_side, "write to")(io::ErrorKind::WriteZero.into()));
+                }
+                Ok(m) => {
+                    pipe.in_pipe -= m;
+                    dir.counter(ctx.stats)
+                        .fetch_add(m as u64, Ordering::Relaxed);
+                    ctx.activity.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // The pipe still holds bytes: dropping it here closes it.
+                Err(e) => return Err(err(dst_side, "write to")(e)),
+            }
+        }
+    }
+}
+
+/// Make the next close of `s` send a reset instead of a FIN.
+pub fn arm_reset(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+/// Relay both directions until both are closed, one fails, a timeout runs
+/// out or `cancel` fires. The caller closes the sockets (arming a reset with
+/// [`arm_reset`] for [`Outcome::Failed`] and [`Outcome::Shutdown`]).
+pub async fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    pool: &Arc<PipePool>,
+    stats: &Stats,
+    timeouts: Timeouts,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let activity = Activity::new();
+    let ctx = Ctx {
+        pool,
+        stats,
+        activity: &activity,
+    };
+    let mut to_backend = pin!(pump(client, backend, Direction::ToBackend, &ctx));
+    let mut to_client = pin!(pump(backend, client, Direction::ToClient, &ctx));
+    let mut idle = pin!(activity.idle(timeouts.idle));
+
+    let first_done_was_to_backend = tokio::select! {
+        r = &mut to_backend => match r {
+            Ok(()) => true,
+            Err(e) => return Outcome::Failed(e),
+        },
+        r = &mut to_client => match r {
+            Ok(()) => false,
+            Err(e) => return Outcome::Failed(e),
+        },
+        () = &mut idle => return Outcome::IdleTimeout,
+        () = cancel.cancelled() => return Outcome::Shutdown,
+    };
+    // Half-closed: the other direction goes on, for at most fin_timeout.
+    let rest = if first_done_was_to_backend {
+        to_client
+    } else {
+        to_backend
+    };
+    tokio::select! {
+        r = rest => match r {
+            Ok(()) => Outcome::Closed,
+            Err(e) => Outcome::Failed(e),
+        },
+        () = tokio::time::sleep(timeouts.fin) => Outcome::FinTimeout,
+        () = &mut idle => Outcome::IdleTimeout,
+        () = cancel.cancelled() => Outcome::Shutdown,
+    }
+}

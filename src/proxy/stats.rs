@@ -1,0 +1,107 @@
+//! Counters an operator would graph, logged on SIGUSR1 and at shutdown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Process-wide proxy counters. All relaxed: they are statistics, not locks.
+#[derive(Debug)]
+pub struct Stats {
+    /// Client connections accepted.
+    pub accepted: AtomicU64,
+    /// Client connections open now.
+    pub active: AtomicU64,
+    /// Clients closed because no backend address could be reached.
+    pub refused: AtomicU64,
+    /// Bytes relayed client → backend (PROXY headers not included).
+    pub bytes_to_backend: AtomicU64,
+    /// Bytes relayed backend → client.
+    pub bytes_to_client: AtomicU64,
+    /// Chunks copied through user space because splice or a pipe was unavailable.
+    pub splice_fallbacks: AtomicU64,
+    /// accept(2) failures (EMFILE and the like); the listener backs off and retries.
+    pub accept_errors: AtomicU64,
+    /// Backend connection attempts that failed or timed out (per address).
+    pub connect_errors: AtomicU64,
+    /// Connections ended by a reset or I/O error (passed on as a reset).
+    pub resets: AtomicU64,
+    /// Connections closed by idle_timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Half-closed connections closed by fin_timeout.
+    pub fin_timeouts: AtomicU64,
+    /// Connections reset because shutdown_timeout ran out.
+    pub shutdown_resets: AtomicU64,
+    started: Instant,
+    last_fallback_log: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            accepted: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            splice_fallbacks: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            idle_timeouts: AtomicU64::new(0),
+            fin_timeouts: AtomicU64::new(0),
+            shutdown_resets: AtomicU64::new(0),
+            started: Instant::now(),
+            last_fallback_log: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Add one to a counter.
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Stats {
+    /// Log every counter on one line.
+    pub fn log(&self, when: &str) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        tracing::info!(
+            accepted = g(&self.accepted),
+            active = g(&self.active),
+            refused = g(&self.refused),
+            bytes_to_backend = g(&self.bytes_to_backend),
+            bytes_to_client = g(&self.bytes_to_client),
+            splice_fallbacks = g(&self.splice_fallbacks),
+            accept_errors = g(&self.accept_errors),
+            connect_errors = g(&self.connect_errors),
+            resets = g(&self.resets),
+            idle_timeouts = g(&self.idle_timeouts),
+            fin_timeouts = g(&self.fin_timeouts),
+            shutdown_resets = g(&self.shutdown_resets),
+            "counters ({when})"
+        );
+    }
+
+    /// Count a user-space copy fallback; log it, at most once per 10 s
+    /// (under EMFILE every chunk of every connection would otherwise log).
+    pub fn splice_fallback(&self, why: &std::io::Error) {
+        let total = self.splice_fallbacks.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.started.elapsed().as_secs() + 1;
+        let last = self.last_fallback_log.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .last_fallback_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                total_fallbacks = total,
+                "splice unavailable ({why}): copying through user space"
+            );
+        }
+    }
+
+    /// Time since the proxy started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}

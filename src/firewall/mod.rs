@@ -4,6 +4,8 @@
 //! kernel and reads them back. The backend is chosen in one place,
 //! [`select_backend`].
 
+pub mod conntrack;
+pub mod nft;
 pub mod plan;
 pub mod sysctl;
 

@@ -1,0 +1,1113 @@
+//! The nftables backend: a [`RuleSet`] becomes `table inet lowport`, sent
+//! to the kernel as one netlink batch, and is read back from it.
+//!
+//! Every rule is built once, as a [`RuleSpec`] that holds both the netlink
+//! expressions and the `nft` text they stand for, so `apply` and `render`
+//! (the `--dry-run` script) cannot drift apart. The expressions are exactly
+//! what `nft` 1.0.6 itself generates for that text, so the kernel's listing
+//! is the same whichever way the table was installed.
+//!
+//! `list` decodes the kernel's rules back into a [`RuleSet`]: each rule is
+//! recognised, rebuilt from what was recognised, and must then match the
+//! kernel's expressions exactly; anything else is reported as foreign.
+
+pub(crate) mod netlink;
+mod sys;
+
+use std::ffi::CString;
+use std::fmt::Write as _;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use nftnl::{Batch, Chain, ChainType, FinalizedBatch, MsgType, Policy, ProtoFamily, Rule, Table};
+
+use self::netlink::{Request, Socket, NLM_F_ACK, NLM_F_DUMP};
+use self::sys::{Expr, KernelChain, KernelRule};
+use super::plan::{
+    Family, Hook, MasqRule, NatAction, NatRule, RuleSet, GUARD_PRIORITY, NAT_PRIORITY,
+    SNAT_PRIORITY,
+};
+use super::{Backend, FirewallError, TABLE};
+use crate::mapping::L4;
+
+/// Comment of the loopback guard rule.
+pub const GUARD_COMMENT: &str = "lowport: drop 127.0.0.0/8 not from lo";
+
+/// Longest rule comment, in bytes: what libnftnl's comment buffer holds
+/// (128 bytes, with a 2-byte header and the terminating NUL).
+pub const MAX_COMMENT: usize = 125;
+
+// Kernel constants `libc` does not carry (linux/netfilter/nf_tables.h,
+// nf_nat.h, nf_conntrack_common.h).
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
+const IPS_DST_NAT: u32 = 1 << 5;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_RULE_TABLE: u16 = 1;
+const IFNAMSIZ: usize = 16;
+
+const REG1: u32 = libc::NFT_REG_1 as u32;
+const REG2: u32 = libc::NFT_REG_2 as u32;
+const NFPROTO_INET: u8 = libc::NFPROTO_INET as u8;
+const SUBSYS_NFTABLES: u8 = libc::NFNL_SUBSYS_NFTABLES as u8;
+
+/// The nftables backend, over netlink (libnftnl + libmnl).
+#[derive(Debug, Default)]
+pub struct Nftables {
+    /// Test hook: make the next batch one the kernel rejects.
+    reject_next_batch: bool,
+}
+
+impl Nftables {
+    /// A backend that talks to the kernel of the calling thread's network
+    /// namespace.
+    pub fn new() -> Nftables {
+        Nftables::default()
+    }
+
+    /// For tests of the atomic replace: the next `apply` adds, after all
+    /// valid rules, a rule to a chain that does not exist, so the kernel
+    /// rejects the whole batch (ENOENT) just as it would any bad rule.
+    #[doc(hidden)]
+    pub fn reject_next_batch_for_tests(&mut self) {
+        self.reject_next_batch = true;
+    }
+}
+
+impl Backend for Nftables {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn apply(&mut self, rules: &RuleSet) -> Result<(), FirewallError> {
+        validate(rules)?;
+        let reject = std::mem::take(&mut self.reject_next_batch);
+        let table = lowport_table();
+        let mut batch = Batch::new();
+        // Add, delete, add: creates the table if it is missing so that the
+        // delete cannot fail, and empties it if it exists — all inside the
+        // one transaction, so a rejected batch leaves the old rules serving.
+        batch.add(&table, MsgType::Add);
+        batch.add(&table, MsgType::Del);
+        batch.add(&table, MsgType::Add);
+        let layout = layout(rules);
+        let chains: Vec<Chain<'_>> = layout.iter().map(|(spec, _)| spec.chain(&table)).collect();
+        for chain in &chains {
+            batch.add(chain, MsgType::Add);
+        }
+        for ((_, specs), chain) in layout.iter().zip(&chains) {
+            for spec in specs {
+                let mut rule = Rule::new(chain);
+                for expr in &spec.exprs {
+                    rule.add_expr(expr);
+                }
+                if !spec.comment.is_empty() {
+                    let comment = CString::new(spec.comment.as_str())
+                        .map_err(|_| invalid(&spec.text, "the comment holds a NUL byte"))?;
+                    rule.set_comment(comment)
+                        .map_err(|_| invalid(&spec.text, "the comment is too long"))?;
+                }
+                batch.add(&rule, MsgType::Add);
+            }
+        }
+        let missing = Chain::new(c"lowport-test-missing-chain", &table);
+        if reject {
+            let mut rule = Rule::new(&missing);
+            rule.add_expr(&Expr::Verdict {
+                code: libc::NF_ACCEPT,
+            });
+            batch.add(&rule, MsgType::Add);
+        }
+        send_batch(&batch.finalize()).map_err(FirewallError::BatchRejected)
+    }
+
+    fn remove(&mut self) -> Result<(), FirewallError> {
+        let table = lowport_table();
+        let mut batch = Batch::new();
+        // Adding first makes "no such table" impossible: removing nothing succeeds.
+        batch.add(&table, MsgType::Add);
+        batch.add(&table, MsgType::Del);
+        send_batch(&batch.finalize()).map_err(FirewallError::Remove)
+    }
+
+    fn list(&mut self) -> Result<Option<RuleSet>, FirewallError> {
+        let Some((chains, rules)) = read_table().map_err(FirewallError::List)? else {
+            return Ok(None);
+        };
+        decode(&chains, &rules)
+            .map(Some)
+            .map_err(FirewallError::Foreign)
+    }
+
+    fn render(&self, rules: &RuleSet) -> String {
+        render(rules)
+    }
+}
+
+fn lowport_table() -> Table {
+    // TABLE is a constant without NUL bytes.
+    let name = CString::new(TABLE).unwrap_or_default();
+    Table::new(name, ProtoFamily::Inet)
+}
+
+fn invalid(rule: &str, why: &str) -> FirewallError {
+    FirewallError::Other(format!(
+        "cannot express `{rule}` as an nftables rule: {why}"
+    ))
+}
+
+/// Reject rule sets nft could not express, or that would not read back as
+/// themselves.
+fn validate(rules: &RuleSet) -> Result<(), FirewallError> {
+    let check_comment = |text: &str, c: &str| {
+        if c.len() > MAX_COMMENT {
+            return Err(invalid(
+                text,
+                &format!("comments are at most {MAX_COMMENT} bytes"),
+            ));
+        }
+        if c.contains(['"', '\0', '\n', '\r']) {
+            return Err(invalid(
+                text,
+                "comments cannot hold quotes, NUL bytes or line breaks",
+            ));
+        }
+        Ok(())
+    };
+    for r in &rules.nat {
+        let text = nat_rule(r).text;
+        if let Some(addr) = r.daddr {
+            if r.family != Some(Family::of(addr)) {
+                return Err(invalid(
+                    &text,
+                    "the family must be that of the destination address",
+                ));
+            }
+        }
+        if let NatAction::Dnat { addr, .. } = r.action {
+            if r.family != Some(Family::of(addr)) {
+                return Err(invalid(
+                    &text,
+                    "dnat needs the family of its target address",
+                ));
+            }
+        }
+        check_comment(&text, &r.comment)?;
+    }
+    for m in &rules.masquerade {
+        check_comment(&masq_rule(m).text, &m.comment)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Chains
+
+/// One of the base chains lowport may create.
+#[derive(Debug, PartialEq, Eq)]
+struct ChainSpec {
+    name: &'static str,
+    kind: ChainType,
+    hook: nftnl::Hook,
+    priority: i32,
+}
+
+/// Remote clients: destination NAT before routing.
+const PREROUTING: ChainSpec = ChainSpec {
+    name: "prerouting",
+    kind: ChainType::Nat,
+    hook: nftnl::Hook::PreRouting,
+    priority: NAT_PRIORITY,
+};
+/// Local clients: destination NAT of the host's own packets.
+const OUTPUT: ChainSpec = ChainSpec {
+    name: "output",
+    kind: ChainType::Nat,
+    hook: nftnl::Hook::Out,
+    priority: NAT_PRIORITY,
+};
+/// Remote targets: masquerade so replies come back through this host.
+const POSTROUTING: ChainSpec = ChainSpec {
+    name: "postrouting",
+    kind: ChainType::Nat,
+    hook: nftnl::Hook::PostRouting,
+    priority: SNAT_PRIORITY,
+};
+/// `route_localnet` guard: at raw priority, before conntrack and NAT.
+const GUARD: ChainSpec = ChainSpec {
+    name: "guard",
+    kind: ChainType::Filter,
+    hook: nftnl::Hook::PreRouting,
+    priority: GUARD_PRIORITY,
+};
+
+const ALL_CHAINS: [&ChainSpec; 4] = [&PREROUTING, &OUTPUT, &POSTROUTING, &GUARD];
+
+impl ChainSpec {
+    fn kind_name(&self) -> &'static str {
+        match self.kind {
+            ChainType::Nat => "nat",
+            ChainType::Filter => "filter",
+            ChainType::Route => "route",
+        }
+    }
+
+    fn hook_name(&self) -> &'static str {
+        match self.hook {
+            nftnl::Hook::PreRouting => "prerouting",
+            nftnl::Hook::Out => "output",
+            nftnl::Hook::PostRouting => "postrouting",
+            nftnl::Hook::In => "input",
+            nftnl::Hook::Forward => "forward",
+            nftnl::Hook::Ingress => "ingress",
+        }
+    }
+
+    fn chain<'a>(&self, table: &'a Table) -> Chain<'a> {
+        // Chain names are constants without NUL bytes.
+        let mut chain = Chain::new(CString::new(self.name).unwrap_or_default(), table);
+        chain.set_hook(self.hook, self.priority);
+        chain.set_type(self.kind);
+        chain.set_policy(Policy::Accept);
+        chain
+    }
+
+    /// Does a chain the kernel listed match this spec exactly?
+    fn matches(&self, c: &KernelChain) -> bool {
+        c.name == self.name
+            && c.hook == Some(self.hook as u32)
+            && c.prio == Some(self.priority)
+            && c.kind.as_deref() == Some(self.kind_name())
+            && c.policy == Some(libc::NF_ACCEPT as u32)
+    }
+}
+
+/// The chains a rule set needs, each with its rules, in creation order.
+/// A chain exists only when it has rules: an empty NAT chain would still
+/// register NAT hooks for nothing.
+fn layout(rules: &RuleSet) -> Vec<(&'static ChainSpec, Vec<RuleSpec>)> {
+    let mut out = Vec::new();
+    let pre: Vec<RuleSpec> = rules.on(Hook::Prerouting).map(nat_rule).collect();
+    let local: Vec<RuleSpec> = rules.on(Hook::Output).map(nat_rule).collect();
+    let masq: Vec<RuleSpec> = rules.masquerade.iter().map(masq_rule).collect();
+    for (spec, specs) in [(&PREROUTING, pre), (&OUTPUT, local), (&POSTROUTING, masq)] {
+        if !specs.is_empty() {
+            out.push((spec, specs));
+        }
+    }
+    if rules.loopback_guard {
+        out.push((&GUARD, vec![guard_rule()]));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Rules: each helper is one nft phrase and the expressions nft makes of it.
+
+/// A piece of a rule: its expressions and its nft text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Phrase {
+    exprs: Vec<Expr>,
+    text: String,
+}
+
+/// A whole rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RuleSpec {
+    exprs: Vec<Expr>,
+    /// The nft line, comment included.
+    text: String,
+    comment: String,
+}
+
+impl RuleSpec {
+    fn new(phrases: impl IntoIterator<Item = Phrase>, comment: &str) -> RuleSpec {
+        let mut exprs = Vec::new();
+        let mut words = Vec::new();
+        for p in phrases {
+            exprs.extend(p.exprs);
+            words.push(p.text);
+        }
+        if !comment.is_empty() {
+            words.push(format!("comment \"{comment}\""));
+        }
+        RuleSpec {
+            exprs,
+            text: words.join(" "),
+            comment: comment.to_owned(),
+        }
+    }
+}
+
+fn phrase(text: impl Into<String>, exprs: Vec<Expr>) -> Phrase {
+    Phrase {
+        exprs,
+        text: text.into(),
+    }
+}
+
+fn load_meta(key: i32) -> Expr {
+    Expr::Meta {
+        key: key as u32,
+        dreg: REG1,
+    }
+}
+
+fn cmp(op: i32, data: impl Into<Vec<u8>>) -> Expr {
+    Expr::Cmp {
+        sreg: REG1,
+        op: op as u32,
+        data: data.into(),
+    }
+}
+
+fn load_payload(base: i32, offset: u32, len: u32) -> Expr {
+    Expr::Payload {
+        base: base as u32,
+        offset,
+        len,
+        dreg: REG1,
+    }
+}
+
+fn nfproto(family: Family) -> u8 {
+    match family {
+        Family::V4 => libc::NFPROTO_IPV4 as u8,
+        Family::V6 => libc::NFPROTO_IPV6 as u8,
+    }
+}
+
+fn ip_keyword(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+fn addr_bytes(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The nfproto dependency nft inserts before anything family-specific in an
+/// `inet` table.
+fn nfproto_is(family: Family) -> Vec<Expr> {
+    vec![
+        load_meta(libc::NFT_META_NFPROTO),
+        cmp(libc::NFT_CMP_EQ, [nfproto(family)]),
+    ]
+}
+
+/// `meta nfproto ipv4|ipv6`
+fn meta_nfproto(family: Family) -> Phrase {
+    phrase(format!("meta nfproto {family}"), nfproto_is(family))
+}
+
+/// `fib daddr type local`: the destination is one of this host's addresses.
+fn fib_daddr_local() -> Phrase {
+    phrase(
+        "fib daddr type local",
+        vec![
+            Expr::Fib {
+                flags: NFTA_FIB_F_DADDR,
+                result: NFT_FIB_RESULT_ADDRTYPE,
+                dreg: REG1,
+            },
+            cmp(libc::NFT_CMP_EQ, u32::from(libc::RTN_LOCAL).to_ne_bytes()),
+        ],
+    )
+}
+
+/// `ip daddr A` / `ip6 daddr A` (with its nfproto dependency).
+fn ip_daddr(addr: IpAddr) -> Phrase {
+    let family = Family::of(addr);
+    let (offset, len) = match addr {
+        IpAddr::V4(_) => (16, 4),
+        IpAddr::V6(_) => (24, 16),
+    };
+    let mut exprs = nfproto_is(family);
+    exprs.push(load_payload(libc::NFT_PAYLOAD_NETWORK_HEADER, offset, len));
+    exprs.push(cmp(libc::NFT_CMP_EQ, addr_bytes(addr)));
+    phrase(format!("{} daddr {addr}", ip_keyword(family)), exprs)
+}
+
+/// `tcp dport P` / `udp dport P` (with its l4proto dependency).
+fn l4_dport(l4: L4, port: u16) -> Phrase {
+    phrase(
+        format!("{l4} dport {port}"),
+        vec![
+            load_meta(libc::NFT_META_L4PROTO),
+            cmp(libc::NFT_CMP_EQ, [l4.ip_proto()]),
+            load_payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2),
+            cmp(libc::NFT_CMP_EQ, port.to_be_bytes()),
+        ],
+    )
+}
+
+/// `redirect to :T`
+fn redirect_to(port: u16) -> Phrase {
+    phrase(
+        format!("redirect to :{port}"),
+        vec![
+            Expr::Immediate {
+                dreg: REG1,
+                data: port.to_be_bytes().to_vec(),
+            },
+            Expr::Redir {
+                reg_proto: REG1,
+                flags: NF_NAT_RANGE_PROTO_SPECIFIED,
+            },
+        ],
+    )
+}
+
+/// `dnat ip to A:T` / `dnat ip6 to [A]:T`
+fn dnat_to(addr: IpAddr, port: u16) -> Phrase {
+    let family = Family::of(addr);
+    let target = match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    };
+    phrase(
+        format!("dnat {} to {target}", ip_keyword(family)),
+        vec![
+            Expr::Immediate {
+                dreg: REG1,
+                data: addr_bytes(addr),
+            },
+            Expr::Immediate {
+                dreg: REG2,
+                data: port.to_be_bytes().to_vec(),
+            },
+            Expr::Nat {
+                nat_type: libc::NFT_NAT_DNAT as u32,
+                family: u32::from(nfproto(family)),
+                reg_addr: REG1,
+                reg_proto: REG2,
+                flags: NF_NAT_RANGE_PROTO_SPECIFIED,
+            },
+        ],
+    )
+}
+
+/// `ct status dnat`: the connection's destination was translated.
+fn ct_status_dnat() -> Phrase {
+    phrase(
+        "ct status dnat",
+        vec![
+            Expr::Ct {
+                key: libc::NFT_CT_STATUS as u32,
+                dreg: REG1,
+            },
+            Expr::Bitwise {
+                sreg: REG1,
+                dreg: REG1,
+                len: 4,
+                mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            cmp(libc::NFT_CMP_NEQ, [0u8; 4]),
+        ],
+    )
+}
+
+/// `masquerade`
+fn masquerade() -> Phrase {
+    phrase("masquerade", vec![Expr::Masq])
+}
+
+/// `iifname != "NAME"`
+fn iifname_ne(name: &str) -> Phrase {
+    let mut data = [0u8; IFNAMSIZ];
+    let n = name.len().min(IFNAMSIZ - 1);
+    data[..n].copy_from_slice(&name.as_bytes()[..n]);
+    phrase(
+        format!("iifname != \"{name}\""),
+        vec![
+            load_meta(libc::NFT_META_IIFNAME),
+            cmp(libc::NFT_CMP_NEQ, data),
+        ],
+    )
+}
+
+/// `ip daddr 127.0.0.0/8` (nft loads and compares just the first byte).
+fn ip_daddr_loopback_net() -> Phrase {
+    let mut exprs = nfproto_is(Family::V4);
+    exprs.push(load_payload(libc::NFT_PAYLOAD_NETWORK_HEADER, 16, 1));
+    exprs.push(cmp(libc::NFT_CMP_EQ, [127u8]));
+    phrase("ip daddr 127.0.0.0/8", exprs)
+}
+
+/// `drop`
+fn drop_packet() -> Phrase {
+    phrase(
+        "drop",
+        vec![Expr::Verdict {
+            code: libc::NF_DROP,
+        }],
+    )
+}
+
+/// A destination NAT rule:
+/// `[fib daddr type local] [meta nfproto F | ip daddr A] tcp dport P redirect to :T|dnat ...`.
+fn nat_rule(r: &NatRule) -> RuleSpec {
+    let mut p = Vec::new();
+    // Output rules only catch local destinations: the host's own
+    // connections to port 80 of other machines must go out untouched.
+    if r.hook == Hook::Output {
+        p.push(fib_daddr_local());
+    }
+    match (r.daddr, r.family) {
+        // `ip daddr` brings its own nfproto dependency.
+        (Some(addr), _) => p.push(ip_daddr(addr)),
+        (None, Some(family)) => p.push(meta_nfproto(family)),
+        (None, None) => {}
+    }
+    p.push(l4_dport(r.l4, r.dport));
+    p.push(match r.action {
+        NatAction::Redirect { port } => redirect_to(port),
+        NatAction::Dnat { addr, port } => dnat_to(addr, port),
+    });
+    RuleSpec::new(p, &r.comment)
+}
+
+/// `ct status dnat ip daddr A tcp dport P masquerade`: only connections we
+/// sent on to a remote target, so no other traffic to that host changes.
+fn masq_rule(m: &MasqRule) -> RuleSpec {
+    RuleSpec::new(
+        [
+            ct_status_dnat(),
+            ip_daddr(m.daddr),
+            l4_dport(m.l4, m.dport),
+            masquerade(),
+        ],
+        &m.comment,
+    )
+}
+
+/// `iifname != "lo" ip daddr 127.0.0.0/8 drop`: with `route_localnet` on,
+/// neighbours could otherwise reach services bound to 127.0.0.1.
+fn guard_rule() -> RuleSpec {
+    RuleSpec::new(
+        [iifname_ne("lo"), ip_daddr_loopback_net(), drop_packet()],
+        GUARD_COMMENT,
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Render
+
+/// The `nft -f` script equivalent to `apply`: the same add/delete/add
+/// transaction, the same chains and rules.
+pub fn render(rules: &RuleSet) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "#!/usr/sbin/nft -f");
+    let _ = writeln!(
+        s,
+        "# lowport: replace table inet {TABLE} in one transaction (add, delete, add)."
+    );
+    let _ = writeln!(s, "table inet {TABLE} {{}}");
+    let _ = writeln!(s, "delete table inet {TABLE}");
+    let _ = writeln!(s, "table inet {TABLE} {{");
+    for (i, (spec, specs)) in layout(rules).iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        let _ = writeln!(s, "\tchain {} {{", spec.name);
+        let _ = writeln!(
+            s,
+            "\t\ttype {} hook {} priority {}; policy accept;",
+            spec.kind_name(),
+            spec.hook_name(),
+            spec.priority
+        );
+        for r in specs {
+            let _ = writeln!(s, "\t\t{}", r.text);
+        }
+        let _ = writeln!(s, "\t}}");
+    }
+    let _ = writeln!(s, "}}");
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Netlink: send, read back
+
+/// Send a finalized batch as one datagram (the kernel needs begin and end
+/// in the same message) and wait for every ack.
+fn send_batch(batch: &FinalizedBatch) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    for part in batch {
+        bytes.extend_from_slice(part);
+    }
+    let mut sock = Socket::open()?;
+    sock.send(&bytes)?;
+    sock.wait_acks(batch.sequence_numbers())
+}
+
+/// The table's chains and rules, or `None` when there is no table.
+fn read_table() -> io::Result<Option<(Vec<KernelChain>, Vec<KernelRule>)>> {
+    let mut sock = Socket::open()?;
+    let get_table = Request::new(
+        SUBSYS_NFTABLES,
+        libc::NFT_MSG_GETTABLE as u8,
+        NLM_F_ACK,
+        1,
+        NFPROTO_INET,
+    )
+    .attr_str(NFTA_TABLE_NAME, TABLE)
+    .finish();
+    match sock.transact(&get_table, 1, |_| Ok(())) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        other => other?,
+    }
+
+    let mut chains = Vec::new();
+    let get_chains = Request::new(
+        SUBSYS_NFTABLES,
+        libc::NFT_MSG_GETCHAIN as u8,
+        NLM_F_DUMP,
+        2,
+        NFPROTO_INET,
+    )
+    .attr_str(NFTA_CHAIN_TABLE, TABLE)
+    .finish();
+    sock.transact(&get_chains, 2, |msg| {
+        if is_nft_msg(&msg, libc::NFT_MSG_NEWCHAIN) {
+            let chain = sys::parse_chain(msg.raw)?;
+            if chain.table == TABLE {
+                chains.push(chain);
+            }
+        }
+        Ok(())
+    })?;
+
+    let mut rules = Vec::new();
+    let get_rules = Request::new(
+        SUBSYS_NFTABLES,
+        libc::NFT_MSG_GETRULE as u8,
+        NLM_F_DUMP,
+        3,
+        NFPROTO_INET,
+    )
+    .attr_str(NFTA_RULE_TABLE, TABLE)
+    .finish();
+    sock.transact(&get_rules, 3, |msg| {
+        if is_nft_msg(&msg, libc::NFT_MSG_NEWRULE) {
+            let rule = sys::parse_rule(msg.raw)?;
+            if rule.table == TABLE {
+                rules.push(rule);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Some((chains, rules)))
+}
+
+fn is_nft_msg(msg: &netlink::Msg<'_>, ty: i32) -> bool {
+    msg.ty == (u16::from(SUBSYS_NFTABLES) << 8 | ty as u16) && msg.nf_family() == Some(NFPROTO_INET)
+}
+
+// ---------------------------------------------------------------------------
+// Decode
+
+/// The comment in nft's rule userdata: TLVs of (type u8, length u8, value),
+/// type 0 being the comment, NUL-terminated.
+fn udata_comment(udata: &[u8]) -> Option<String> {
+    let mut rest = udata;
+    while rest.len() >= 2 {
+        let (ty, len) = (rest[0], usize::from(rest[1]));
+        let value = rest.get(2..2 + len)?;
+        if ty == sys_comment_type() {
+            let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
+            return Some(String::from_utf8_lossy(&value[..end]).into_owned());
+        }
+        rest = &rest[2 + len..];
+    }
+    None
+}
+
+fn sys_comment_type() -> u8 {
+    nftnl::nftnl_sys::NFTNL_UDATA_RULE_COMMENT as u8
+}
+
+/// Kernel chains and rules → the rule set they implement, or a description
+/// of the first thing lowport did not write.
+fn decode(chains: &[KernelChain], rules: &[KernelRule]) -> Result<RuleSet, String> {
+    for c in chains {
+        if !ALL_CHAINS.iter().any(|spec| spec.matches(c)) {
+            return Err(format!(
+                "chain {} (type {:?}, hook {:?}, priority {:?})",
+                c.name, c.kind, c.hook, c.prio
+            ));
+        }
+    }
+    let mut set = RuleSet::default();
+    let mut local = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let comment = udata_comment(&r.userdata).unwrap_or_default();
+        let foreign = || {
+            let shape: Vec<String> = r.exprs.iter().map(Expr::kind).collect();
+            format!(
+                "rule #{} in chain {} with comment \"{comment}\": [{}]",
+                i + 1,
+                r.chain,
+                shape.join(", ")
+            )
+        };
+        match r.chain.as_str() {
+            "prerouting" | "output" => {
+                let hook = if r.chain == "output" {
+                    Hook::Output
+                } else {
+                    Hook::Prerouting
+                };
+                let rule = recognise_nat(hook, &r.exprs, &comment)
+                    .filter(|n| nat_rule(n).exprs == r.exprs)
+                    .ok_or_else(foreign)?;
+                match hook {
+                    Hook::Prerouting => set.nat.push(rule),
+                    Hook::Output => local.push(rule),
+                }
+            }
+            "postrouting" => {
+                let rule = recognise_masq(&r.exprs, &comment)
+                    .filter(|m| masq_rule(m).exprs == r.exprs)
+                    .ok_or_else(foreign)?;
+                set.masquerade.push(rule);
+            }
+            "guard" if !set.loopback_guard && r.exprs == guard_rule().exprs => {
+                set.loopback_guard = true;
+            }
+            _ => return Err(foreign()),
+        }
+    }
+    set.nat.extend(local);
+    Ok(set)
+}
+
+/// Pairs (load, compare) in a rule, for picking values out.
+fn compared<'a>(exprs: &'a [Expr], load: &Expr) -> Option<&'a [u8]> {
+    exprs.windows(2).find_map(|w| match (&w[0], &w[1]) {
+        (l, Expr::Cmp { data, .. }) if l == load => Some(data.as_slice()),
+        _ => None,
+    })
+}
+
+fn family_of_nfproto(data: &[u8]) -> Option<Family> {
+    match data {
+        [p] if i32::from(*p) == libc::NFPROTO_IPV4 => Some(Family::V4),
+        [p] if i32::from(*p) == libc::NFPROTO_IPV6 => Some(Family::V6),
+        _ => None,
+    }
+}
+
+fn ip_from(data: &[u8]) -> Option<IpAddr> {
+    match data.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(data).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(data).ok()?))),
+        _ => None,
+    }
+}
+
+fn port_from(data: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(data.try_into().ok()?))
+}
+
+/// The match parts common to NAT and masquerade rules.
+struct Matched {
+    family: Option<Family>,
+    daddr: Option<IpAddr>,
+    l4: L4,
+    dport: u16,
+}
+
+fn recognise_match(exprs: &[Expr]) -> Option<Matched> {
+    let family = compared(exprs, &load_meta(libc::NFT_META_NFPROTO)).and_then(family_of_nfproto);
+    let daddr = compared(
+        exprs,
+        &load_payload(libc::NFT_PAYLOAD_NETWORK_HEADER, 16, 4),
+    )
+    .or_else(|| {
+        compared(
+            exprs,
+            &load_payload(libc::NFT_PAYLOAD_NETWORK_HEADER, 24, 16),
+        )
+    })
+    .and_then(ip_from);
+    let l4 = match compared(exprs, &load_meta(libc::NFT_META_L4PROTO))? {
+        [p] if *p == L4::Tcp.ip_proto() => L4::Tcp,
+        [p] if *p == L4::Udp.ip_proto() => L4::Udp,
+        _ => return None,
+    };
+    let dport = port_from(compared(
+        exprs,
+        &load_payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2),
+    )?)?;
+    Some(Matched {
+        family,
+        daddr,
+        l4,
+        dport,
+    })
+}
+
+/// Read a NAT rule's values; the caller checks the shape by rebuilding it.
+fn recognise_nat(hook: Hook, exprs: &[Expr], comment: &str) -> Option<NatRule> {
+    let m = recognise_match(exprs)?;
+    let imm = |reg: u32| {
+        exprs.iter().find_map(|e| match e {
+            Expr::Immediate { dreg, data } if *dreg == reg => Some(data.as_slice()),
+            _ => None,
+        })
+    };
+    let action = match exprs.last()? {
+        Expr::Redir { .. } => NatAction::Redirect {
+            port: port_from(imm(REG1)?)?,
+        },
+        Expr::Nat { .. } => NatAction::Dnat {
+            addr: ip_from(imm(REG1)?)?,
+            port: port_from(imm(REG2)?)?,
+        },
+        _ => return None,
+    };
+    Some(NatRule {
+        hook,
+        family: m.family,
+        daddr: m.daddr,
+        l4: m.l4,
+        dport: m.dport,
+        action,
+        comment: comment.to_owned(),
+    })
+}
+
+/// Read a masquerade rule's values; the caller checks the shape.
+fn recognise_masq(exprs: &[Expr], comment: &str) -> Option<MasqRule> {
+    let m = recognise_match(exprs)?;
+    Some(MasqRule {
+        daddr: m.daddr?,
+        l4: m.l4,
+        dport: m.dport,
+        comment: comment.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn nat_r(
+        hook: Hook,
+        family: Option<Family>,
+        daddr: Option<&str>,
+        l4: L4,
+        action: NatAction,
+    ) -> NatRule {
+        NatRule {
+            hook,
+            family,
+            daddr: daddr.map(v4),
+            l4,
+            dport: 80,
+            action,
+            comment: "web".into(),
+        }
+    }
+
+    /// A rule set with every shape lowport writes.
+    pub(super) fn every_shape() -> RuleSet {
+        let redirect = NatAction::Redirect { port: 8080 };
+        let dnat4 = NatAction::Dnat {
+            addr: v4("127.0.0.1"),
+            port: 8080,
+        };
+        let dnat6 = NatAction::Dnat {
+            addr: v4("fd00::5"),
+            port: 8080,
+        };
+        let mut nat = Vec::new();
+        for hook in [Hook::Prerouting, Hook::Output] {
+            nat.push(nat_r(hook, None, None, L4::Tcp, redirect));
+            nat.push(nat_r(hook, Some(Family::V4), None, L4::Udp, redirect));
+            nat.push(nat_r(hook, Some(Family::V6), None, L4::Tcp, redirect));
+            nat.push(nat_r(
+                hook,
+                Some(Family::V4),
+                Some("10.0.0.1"),
+                L4::Tcp,
+                redirect,
+            ));
+            nat.push(nat_r(
+                hook,
+                Some(Family::V6),
+                Some("fd00::1"),
+                L4::Tcp,
+                redirect,
+            ));
+            nat.push(nat_r(hook, Some(Family::V4), None, L4::Tcp, dnat4));
+            nat.push(nat_r(hook, Some(Family::V6), None, L4::Udp, dnat6));
+            nat.push(nat_r(
+                hook,
+                Some(Family::V4),
+                Some("10.0.0.1"),
+                L4::Tcp,
+                dnat4,
+            ));
+        }
+        RuleSet {
+            nat,
+            masquerade: vec![
+                MasqRule {
+                    daddr: v4("10.0.0.5"),
+                    l4: L4::Tcp,
+                    dport: 8080,
+                    comment: "far".into(),
+                },
+                MasqRule {
+                    daddr: v4("fd00::5"),
+                    l4: L4::Udp,
+                    dport: 8443,
+                    comment: "far6".into(),
+                },
+            ],
+            loopback_guard: true,
+        }
+    }
+
+    fn as_kernel(rules: &RuleSet) -> (Vec<KernelChain>, Vec<KernelRule>) {
+        let mut chains = Vec::new();
+        let mut krules = Vec::new();
+        for (spec, specs) in layout(rules) {
+            chains.push(KernelChain {
+                table: TABLE.into(),
+                name: spec.name.into(),
+                hook: Some(spec.hook as u32),
+                prio: Some(spec.priority),
+                kind: Some(spec.kind_name().into()),
+                policy: Some(libc::NF_ACCEPT as u32),
+            });
+            for r in specs {
+                let mut udata = vec![0u8, (r.comment.len() + 1) as u8];
+                udata.extend_from_slice(r.comment.as_bytes());
+                udata.push(0);
+                krules.push(KernelRule {
+                    table: TABLE.into(),
+                    chain: spec.name.into(),
+                    exprs: r.exprs.clone(),
+                    userdata: udata,
+                });
+            }
+        }
+        (chains, krules)
+    }
+
+    #[test]
+    fn every_shape_decodes_to_itself() {
+        let rs = every_shape();
+        validate(&rs).unwrap();
+        let (chains, rules) = as_kernel(&rs);
+        assert_eq!(decode(&chains, &rules).unwrap(), rs);
+    }
+
+    #[test]
+    fn empty_rule_set_has_no_chains() {
+        assert!(layout(&RuleSet::default()).is_empty());
+        assert_eq!(decode(&[], &[]).unwrap(), RuleSet::default());
+    }
+
+    #[test]
+    fn rule_texts_read_like_nft() {
+        let rs = every_shape();
+        let texts: Vec<String> = layout(&rs)
+            .into_iter()
+            .flat_map(|(_, s)| s.into_iter().map(|r| r.text))
+            .collect();
+        assert_eq!(texts[0], "tcp dport 80 redirect to :8080 comment \"web\"");
+        assert_eq!(
+            texts[6],
+            "meta nfproto ipv6 udp dport 80 dnat ip6 to [fd00::5]:8080 comment \"web\""
+        );
+        assert_eq!(
+            texts[11],
+            "fib daddr type local ip daddr 10.0.0.1 tcp dport 80 redirect to :8080 comment \"web\""
+        );
+        assert_eq!(
+            texts[16],
+            "ct status dnat ip daddr 10.0.0.5 tcp dport 8080 masquerade comment \"far\""
+        );
+        assert_eq!(
+            texts[18],
+            format!("iifname != \"lo\" ip daddr 127.0.0.0/8 drop comment \"{GUARD_COMMENT}\"")
+        );
+    }
+
+    #[test]
+    fn render_replaces_the_table_atomically() {
+        let script = render(&every_shape());
+        let lines: Vec<&str> = script.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(lines[0], "table inet lowport {}");
+        assert_eq!(lines[1], "delete table inet lowport");
+        assert_eq!(lines[2], "table inet lowport {");
+        assert!(script.contains("\t\ttype nat hook output priority -105; policy accept;\n"));
+        assert!(script.contains("\t\ttype filter hook prerouting priority -300; policy accept;\n"));
+        assert!(script.contains("\t\ttype nat hook postrouting priority 95; policy accept;\n"));
+    }
+
+    #[test]
+    fn unknown_shapes_are_foreign() {
+        let rs = every_shape();
+        let (chains, mut rules) = as_kernel(&rs);
+        // A counter nft would print as `counter`: not lowport's.
+        rules[3].exprs.insert(0, Expr::Other("counter".into()));
+        let err = decode(&chains, &rules).unwrap_err();
+        assert!(err.contains("rule #4 in chain prerouting"), "{err}");
+
+        // Same values, different shape: a redirect without its l4proto check.
+        let (chains, mut rules) = as_kernel(&rs);
+        rules[0].exprs.drain(0..2);
+        assert!(decode(&chains, &rules).is_err());
+
+        // A chain at another priority.
+        let (mut chains, rules) = as_kernel(&rs);
+        chains[0].prio = Some(-100);
+        assert!(decode(&chains, &rules)
+            .unwrap_err()
+            .contains("chain prerouting"));
+    }
+
+    #[test]
+    fn invalid_rule_sets_are_refused_before_sending() {
+        let mut rs = every_shape();
+        rs.nat[0].comment = "say \"hi\"".into();
+        assert!(validate(&rs).is_err());
+        let mut rs = every_shape();
+        rs.nat[0].comment = "x".repeat(MAX_COMMENT + 1);
+        assert!(validate(&rs).is_err());
+        let mut rs = every_shape();
+        rs.nat[5].family = None; // dnat without a family
+        assert!(validate(&rs).is_err());
+        let mut rs = every_shape();
+        rs.nat[3].family = Some(Family::V6); // v4 daddr in a v6 rule
+        assert!(validate(&rs).is_err());
+    }
+
+    #[test]
+    fn comment_userdata_is_parsed_like_nft_writes_it() {
+        assert_eq!(udata_comment(b"\x00\x04web\x00").as_deref(), Some("web"));
+        assert_eq!(
+            udata_comment(b"\x01\x01x\x00\x03ab\x00").as_deref(),
+            Some("ab")
+        );
+        assert_eq!(udata_comment(b"\x00\x09short"), None);
+        assert_eq!(udata_comment(b""), None);
+    }
+}

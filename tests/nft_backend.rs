@@ -459,3 +459,33 @@ fn udp_flows_through_a_redirect_are_deleted() {
         .expect("delete again");
     assert_eq!(n, 0);
 }
+
+#[test]
+fn a_large_rule_set_goes_in_one_batch_and_reads_back() {
+    if !require_root("a_large_rule_set_goes_in_one_batch_and_reads_back") {
+        return;
+    }
+    // Well over one libnftnl batch page (128 KiB) and the default socket
+    // buffers: the batch must still go as one datagram, every ack must be
+    // collected, and the dump must span several reads.
+    let ns = Netns::new("nftbig");
+    let mut rules = RuleSet::default();
+    for hook in [Hook::Prerouting, Hook::Output] {
+        for port in 1000..2500u16 {
+            let action = NatAction::Redirect { port: port + 10000 };
+            rules.nat.push(nat(
+                hook,
+                None,
+                None,
+                L4::Tcp,
+                port,
+                action,
+                &format!("m{port}"),
+            ));
+        }
+    }
+    let started = std::time::Instant::now();
+    apply(&ns, &rules);
+    assert_eq!(list(&ns), Some(rules));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

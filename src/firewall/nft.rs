@@ -47,6 +47,8 @@ const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
 const IFNAMSIZ: usize = 16;
+/// nft's rule userdata TLV type for the comment.
+const UDATA_COMMENT: u8 = nftnl::nftnl_sys::NFTNL_UDATA_RULE_COMMENT as u8;
 
 const REG1: u32 = libc::NFT_REG_1 as u32;
 const REG2: u32 = libc::NFT_REG_2 as u32;
@@ -112,15 +114,16 @@ impl Backend for Nftables {
                 batch.add(&rule, MsgType::Add);
             }
         }
-        let missing = Chain::new(c"lowport-test-missing-chain", &table);
         if reject {
+            let missing = Chain::new(c"lowport-test-missing-chain", &table);
             let mut rule = Rule::new(&missing);
             rule.add_expr(&Expr::Verdict {
                 code: libc::NF_ACCEPT,
             });
             batch.add(&rule, MsgType::Add);
         }
-        send_batch(&batch.finalize()).map_err(FirewallError::BatchRejected)
+        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
+        send_batch(&mut sock, &batch.finalize()).map_err(FirewallError::BatchRejected)
     }
 
     fn remove(&mut self) -> Result<(), FirewallError> {
@@ -129,11 +132,13 @@ impl Backend for Nftables {
         // Adding first makes "no such table" impossible: removing nothing succeeds.
         batch.add(&table, MsgType::Add);
         batch.add(&table, MsgType::Del);
-        send_batch(&batch.finalize()).map_err(FirewallError::Remove)
+        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
+        send_batch(&mut sock, &batch.finalize()).map_err(FirewallError::Remove)
     }
 
     fn list(&mut self) -> Result<Option<RuleSet>, FirewallError> {
-        let Some((chains, rules)) = read_table().map_err(FirewallError::List)? else {
+        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
+        let Some((chains, rules)) = read_table(&mut sock).map_err(FirewallError::List)? else {
             return Ok(None);
         };
         decode(&chains, &rules)
@@ -639,19 +644,18 @@ pub fn render(rules: &RuleSet) -> String {
 
 /// Send a finalized batch as one datagram (the kernel needs begin and end
 /// in the same message) and wait for every ack.
-fn send_batch(batch: &FinalizedBatch) -> io::Result<()> {
+fn send_batch(sock: &mut Socket, batch: &FinalizedBatch) -> io::Result<()> {
     let mut bytes = Vec::new();
     for part in batch {
         bytes.extend_from_slice(part);
     }
-    let mut sock = Socket::open()?;
+    sock.fit_buffers(bytes.len(), batch.sequence_numbers().len());
     sock.send(&bytes)?;
     sock.wait_acks(batch.sequence_numbers())
 }
 
 /// The table's chains and rules, or `None` when there is no table.
-fn read_table() -> io::Result<Option<(Vec<KernelChain>, Vec<KernelRule>)>> {
-    let mut sock = Socket::open()?;
+fn read_table(sock: &mut Socket) -> io::Result<Option<(Vec<KernelChain>, Vec<KernelRule>)>> {
     let get_table = Request::new(
         SUBSYS_NFTABLES,
         libc::NFT_MSG_GETTABLE as u8,
@@ -722,17 +726,13 @@ fn udata_comment(udata: &[u8]) -> Option<String> {
     while rest.len() >= 2 {
         let (ty, len) = (rest[0], usize::from(rest[1]));
         let value = rest.get(2..2 + len)?;
-        if ty == sys_comment_type() {
+        if ty == UDATA_COMMENT {
             let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
             return Some(String::from_utf8_lossy(&value[..end]).into_owned());
         }
         rest = &rest[2 + len..];
     }
     None
-}
-
-fn sys_comment_type() -> u8 {
-    nftnl::nftnl_sys::NFTNL_UDATA_RULE_COMMENT as u8
 }
 
 /// Kernel chains and rules → the rule set they implement, or a description

@@ -250,6 +250,38 @@ impl Socket {
         })
     }
 
+    /// Make room for a batch of `len` bytes that `acks` messages will
+    /// answer. The batch must fit the send buffer whole (it cannot be
+    /// split), and every ack is its own skb in the receive queue (about
+    /// 1 KiB of accounting each, as nft reckons), which would otherwise
+    /// overflow with ENOBUFS for a few hundred rules. Best-effort, like
+    /// nft's own: a send or receive error still reports a failure.
+    pub fn fit_buffers(&self, len: usize, acks: usize) {
+        const DEFAULT: usize = 200 * 1024;
+        for (opt, want) in [
+            (libc::SO_SNDBUFFORCE, len.saturating_mul(2)),
+            (libc::SO_RCVBUFFORCE, acks.saturating_mul(1024)),
+        ] {
+            if want <= DEFAULT {
+                continue;
+            }
+            let size = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
+            // SAFETY: the fd is our open socket; `size` is a c_int and the
+            // length passed is its exact size. The *FORCE options ignore
+            // the wmem_max/rmem_max caps (they need CAP_NET_ADMIN, which
+            // changing the ruleset needs anyway); failure is harmless.
+            unsafe {
+                libc::setsockopt(
+                    self.sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+
     /// Send one datagram, all of it.
     pub fn send(&self, data: &[u8]) -> io::Result<()> {
         let sent = self.sock.send(data)?;

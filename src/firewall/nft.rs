@@ -1,7 +1,7 @@
 //! The nftables backend: a [`RuleSet`] becomes `table inet lowport`, sent
 //! to the kernel as one netlink batch, and is read back from it.
 //!
-//! Every rule is built once, as a [`RuleSpec`] that holds both the netlink
+//! Every rule is built once, as a `RuleSpec` that holds both the netlink
 //! expressions and the `nft` text they stand for, so `apply` and `render`
 //! (the `--dry-run` script) cannot drift apart. The expressions are exactly
 //! what `nft` 1.0.6 itself generates for that text, so the kernel's listing

@@ -5,6 +5,7 @@
 //! [`select_backend`].
 
 pub mod conntrack;
+pub mod iptables;
 pub mod nft;
 pub mod plan;
 pub mod sysctl;
@@ -312,10 +313,107 @@ fn conntrack_delete_udp_flows(_dport: u16, _family: Option<Family>) -> std::io::
 }
 
 /// Choose the backend for `choice`, in one place.
+///
+/// `auto` (the default) is decided by [`auto_choice`]; the choice and its
+/// reason are logged at `-v`.
 pub fn select_backend(
     choice: crate::config::BackendChoice,
 ) -> Result<Box<dyn Backend>, FirewallError> {
-    Err(FirewallError::Other(format!(
-        "backend {choice} is not built yet"
-    )))
+    use crate::config::BackendChoice;
+    match choice {
+        BackendChoice::Auto => {
+            let (choice, why) = auto_choice();
+            tracing::info!(backend = %choice, "backend auto: {why}");
+            select_backend(choice)
+        }
+        BackendChoice::Iptables => {
+            let backend = iptables::Iptables::detect()?;
+            tracing::info!(flavor = %backend.flavor(), "iptables backend");
+            Ok(Box::new(backend))
+        }
+        BackendChoice::Nftables => Err(FirewallError::Other(format!(
+            "backend {choice} is not built yet"
+        ))),
+    }
+}
+
+/// What `--backend auto` picks, and why:
+/// 1. iptables, when lowport's iptables chains are installed (so `show` and
+///    `remove` find what an earlier `--backend iptables` put there);
+/// 2. iptables (legacy), when legacy iptables NAT rules are in use: legacy
+///    and nftables NAT both run, in an order set by hook priorities, not
+///    by what anyone wrote, so lowport joins the tables already in use;
+/// 3. nftables, when the kernel has nf_tables;
+/// 4. iptables otherwise.
+pub fn auto_choice() -> (crate::config::BackendChoice, String) {
+    use crate::config::BackendChoice;
+    use iptables::IptablesFlavor;
+    for flavor in [IptablesFlavor::Legacy, IptablesFlavor::Nft] {
+        if flavor.holds_lowport_chains() {
+            return (
+                BackendChoice::Iptables,
+                format!("lowport's chains are installed with iptables-{flavor}"),
+            );
+        }
+    }
+    if iptables::legacy_nat_in_use() {
+        return (
+            BackendChoice::Iptables,
+            "legacy iptables NAT rules are in use on this host, and mixing them with \
+             nftables NAT gives surprising precedence"
+                .to_owned(),
+        );
+    }
+    if nftables_supported() {
+        return (
+            BackendChoice::Nftables,
+            "the kernel supports nftables".to_owned(),
+        );
+    }
+    (
+        BackendChoice::Iptables,
+        "the kernel has no nf_tables module".to_owned(),
+    )
+}
+
+/// Does the kernel have nf_tables? Asked of the kernel itself: a
+/// `NFT_MSG_GETGEN` request is answered by nf_tables (built in or loaded
+/// on demand) and refused with EOPNOTSUPP when it is missing; module files
+/// and /sys/module say nothing about a built-in one.
+pub fn nftables_supported() -> bool {
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_GETGEN: u16 = 16;
+    const NFT_MSG_NEWGEN: u16 = 15;
+    const NLMSG_ERROR: u16 = 2;
+    let Ok(sock) = mnl::Socket::new(mnl::Bus::Netfilter) else {
+        return false;
+    };
+    let mut req = Vec::with_capacity(20);
+    req.extend_from_slice(&20u32.to_ne_bytes());
+    req.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN).to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16 | libc::NLM_F_ACK as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // port id
+    req.extend_from_slice(&[libc::AF_UNSPEC as u8, libc::NFNETLINK_V0 as u8, 0, 0]);
+    if sock.send(&req).is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; 8192];
+    let Ok(n) = sock.recv_raw(&mut buf) else {
+        return false;
+    };
+    let answer = buf.get(..n).unwrap_or_default();
+    let ty = answer
+        .get(4..6)
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_ne_bytes);
+    let error = answer
+        .get(16..20)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_ne_bytes);
+    match ty {
+        Some(t) if t == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN => true,
+        Some(NLMSG_ERROR) => error == Some(0),
+        _ => false,
+    }
 }

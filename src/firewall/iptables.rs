@@ -1,0 +1,968 @@
+//! The iptables backend: the same [`RuleSet`] as the nftables backend,
+//! rendered as `iptables-restore --noflush` input (and `ip6tables-restore`
+//! for IPv6), for hosts that keep their firewall in iptables.
+//!
+//! lowport owns four chains and touches nothing else but the one jump rule
+//! that reaches each:
+//!
+//! | table | chain                 | reached from (position 1) | holds                    |
+//! |-------|-----------------------|---------------------------|--------------------------|
+//! | nat   | `LOWPORT-PREROUTING`  | `PREROUTING`              | remote clients' DNAT     |
+//! | nat   | `LOWPORT-OUTPUT`      | `OUTPUT`                  | local clients' DNAT      |
+//! | nat   | `LOWPORT-POSTROUTING` | `POSTROUTING`             | masquerade, remote targets |
+//! | raw   | `LOWPORT-GUARD`       | `PREROUTING` (IPv4 only)  | the 127.0.0.0/8 guard     |
+//!
+//! Each restore input has one `*table … COMMIT` block per table, so each
+//! table changes atomically: a restore the kernel (or the parser) rejects
+//! changes nothing in that table, and the previous rules keep serving.
+//! A chain declaration (`:LOWPORT-OUTPUT - [0:0]`) creates the chain or, in
+//! `--noflush` mode, empties it; old jumps are deleted by their exact spec
+//! as read from `iptables-save`, then the new jump is inserted at position 1.
+//! Remove deletes the jumps, then flushes and deletes the chains, and sends
+//! nothing at all when there is nothing of lowport's left.
+//!
+//! Rules carry the comment `NAME [N]`: the mapping's name, and the rule's
+//! position in the [`RuleSet`]. The position is what lets [`Backend::list`]
+//! rebuild the exact `RuleSet` from two separate kernels' tables (IPv4 and
+//! IPv6): a rule for both families is the same position in both.
+//!
+//! Two flavours of the tools exist: `iptables-nft` (rules in nf_tables,
+//! Debian's default) and `iptables-legacy` (the old x_tables). They are
+//! different kernels' tables, so the flavour must be the one the host's
+//! other rules use; see [`IptablesFlavor::detect`].
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::io::{self, Write as _};
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use super::plan::{Family, Hook, MasqRule, NatAction, NatRule, RuleSet};
+use super::{Backend, FirewallError};
+use crate::mapping::L4;
+
+/// Chain for remote clients (nat `PREROUTING`).
+pub const CHAIN_PREROUTING: &str = "LOWPORT-PREROUTING";
+/// Chain for clients on this host (nat `OUTPUT`).
+pub const CHAIN_OUTPUT: &str = "LOWPORT-OUTPUT";
+/// Chain for the masquerade of remote targets (nat `POSTROUTING`).
+pub const CHAIN_POSTROUTING: &str = "LOWPORT-POSTROUTING";
+/// Chain for the loopback guard (raw `PREROUTING`, IPv4).
+pub const CHAIN_GUARD: &str = "LOWPORT-GUARD";
+/// Every chain name lowport's own chains start with.
+const CHAIN_PREFIX: &str = "LOWPORT-";
+/// Comment on the jump rules, so a person reading `iptables -S` sees why they are there.
+const JUMP_COMMENT: &str = "lowport";
+/// Comment on the guard rule.
+const GUARD_COMMENT: &str = "lowport loopback guard";
+
+/// Environment variable that forces the flavour: `nft` or `legacy`.
+pub const FLAVOR_ENV: &str = "LOWPORT_IPTABLES";
+
+/// Which iptables implementation the tools talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IptablesFlavor {
+    /// `iptables-nft`: iptables syntax, rules kept in nf_tables.
+    Nft,
+    /// `iptables-legacy`: the x_tables kernel interface.
+    Legacy,
+}
+
+impl fmt::Display for IptablesFlavor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IptablesFlavor::Nft => "nft",
+            IptablesFlavor::Legacy => "legacy",
+        })
+    }
+}
+
+impl IptablesFlavor {
+    /// The flavour to use on this host, in this order:
+    /// 1. `LOWPORT_IPTABLES=nft|legacy`, when set;
+    /// 2. the flavour that already holds lowport's chains (so `remove` and
+    ///    `show` find them);
+    /// 3. legacy, when legacy NAT rules are in use (the host's other NAT
+    ///    rules are there, and precedence between the two is surprising);
+    /// 4. what `iptables --version` says the host's default is;
+    /// 5. nft.
+    pub fn detect() -> Result<IptablesFlavor, FirewallError> {
+        if let Some(v) = std::env::var_os(FLAVOR_ENV) {
+            return match v.to_str() {
+                Some("nft") => Ok(IptablesFlavor::Nft),
+                Some("legacy") => Ok(IptablesFlavor::Legacy),
+                _ => Err(FirewallError::Other(format!(
+                    "{FLAVOR_ENV}={} is not valid; use nft or legacy",
+                    v.to_string_lossy()
+                ))),
+            };
+        }
+        for flavor in [IptablesFlavor::Legacy, IptablesFlavor::Nft] {
+            if flavor.holds_lowport_chains() {
+                return Ok(flavor);
+            }
+        }
+        if legacy_nat_in_use() {
+            return Ok(IptablesFlavor::Legacy);
+        }
+        let version = Command::new("iptables").arg("--version").output();
+        match version {
+            Ok(out) if String::from_utf8_lossy(&out.stdout).contains("legacy") => {
+                Ok(IptablesFlavor::Legacy)
+            }
+            _ => Ok(IptablesFlavor::Nft),
+        }
+    }
+
+    /// The tool for `family`: `iptables-nft-restore`, `ip6tables-legacy-save`…
+    fn tool(self, family: Family, action: &str) -> String {
+        let base = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        format!("{base}-{self}-{action}")
+    }
+
+    /// Does this flavour hold any of lowport's chains? Never loads legacy
+    /// tables that are not there yet (reading one would create it).
+    pub fn holds_lowport_chains(self) -> bool {
+        [Family::V4, Family::V6].into_iter().any(|family| {
+            ["nat", "raw"].into_iter().any(|table| {
+                if self == IptablesFlavor::Legacy && !legacy_table_loaded(family, table) {
+                    return false;
+                }
+                matches!(save(self, family, table), Ok(text) if text.lines().any(|l| l.starts_with(&format!(":{CHAIN_PREFIX}"))))
+            })
+        })
+    }
+}
+
+/// Is a legacy (x_tables) table registered in this network namespace?
+/// Read from `/proc/net/ip{,6}_tables_names`, which lists only tables
+/// that exist, so asking never creates one.
+pub fn legacy_table_loaded(family: Family, table: &str) -> bool {
+    let path = match family {
+        Family::V4 => "/proc/net/ip_tables_names",
+        Family::V6 => "/proc/net/ip6_tables_names",
+    };
+    std::fs::read_to_string(path).is_ok_and(|t| t.lines().any(|l| l.trim() == table))
+}
+
+/// Are legacy iptables NAT rules in use here (a legacy nat table with at
+/// least one rule that is not lowport's)?
+pub fn legacy_nat_in_use() -> bool {
+    [Family::V4, Family::V6].into_iter().any(|family| {
+        legacy_table_loaded(family, "nat")
+            && save(IptablesFlavor::Legacy, family, "nat").is_ok_and(|text| {
+                text.lines()
+                    .any(|l| l.starts_with("-A ") && !l.contains(CHAIN_PREFIX))
+            })
+    })
+}
+
+/// `iptables-save -t TABLE` of one flavour and family.
+pub fn save(flavor: IptablesFlavor, family: Family, table: &str) -> io::Result<String> {
+    let tool = flavor.tool(family, "save");
+    let out = Command::new(&tool)
+        .args(["-t", table])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run {tool}: {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{tool} -t {table} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The iptables backend, for one flavour.
+#[derive(Debug, Clone)]
+pub struct Iptables {
+    flavor: IptablesFlavor,
+}
+
+/// What of lowport's is in one table of one family now.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct TableState {
+    /// lowport's chains that exist.
+    chains: Vec<String>,
+    /// Rules outside lowport's chains that jump into them, as `iptables-save`
+    /// prints them after `-A ` (`PREROUTING -m comment … -j LOWPORT-…`).
+    jumps: Vec<String>,
+    /// Rules inside lowport's chains: (chain, rest of the line).
+    rules: Vec<(String, String)>,
+}
+
+impl TableState {
+    fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.jumps.is_empty()
+    }
+}
+
+/// The tables lowport uses in one family.
+#[derive(Debug, Default, Clone)]
+struct FamilyState {
+    nat: TableState,
+    raw: TableState,
+}
+
+impl FamilyState {
+    fn is_empty(&self) -> bool {
+        self.nat.is_empty() && self.raw.is_empty()
+    }
+}
+
+impl Iptables {
+    /// The backend for an explicit flavour.
+    pub fn new(flavor: IptablesFlavor) -> Iptables {
+        Iptables { flavor }
+    }
+
+    /// The backend for the flavour [`IptablesFlavor::detect`] picks.
+    pub fn detect() -> Result<Iptables, FirewallError> {
+        Ok(Iptables::new(IptablesFlavor::detect()?))
+    }
+
+    /// The flavour this backend drives.
+    pub fn flavor(&self) -> IptablesFlavor {
+        self.flavor
+    }
+
+    /// The families this host has: IPv6 only when the kernel has it.
+    fn families() -> Vec<Family> {
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            vec![Family::V4, Family::V6]
+        } else {
+            vec![Family::V4]
+        }
+    }
+
+    fn tables(family: Family) -> &'static [&'static str] {
+        match family {
+            Family::V4 => &["raw", "nat"],
+            // The guard is for 127.0.0.0/8 and route_localnet, both IPv4-only.
+            Family::V6 => &["nat"],
+        }
+    }
+
+    fn read_state(&self, family: Family) -> io::Result<FamilyState> {
+        let mut state = FamilyState::default();
+        for &table in Self::tables(family) {
+            if self.flavor == IptablesFlavor::Legacy && !legacy_table_loaded(family, table) {
+                continue;
+            }
+            let parsed = parse_save(&save(self.flavor, family, table)?);
+            match table {
+                "raw" => state.raw = parsed,
+                _ => state.nat = parsed,
+            }
+        }
+        Ok(state)
+    }
+
+    fn restore(&self, family: Family, input: &str) -> io::Result<()> {
+        let tool = self.flavor.tool(family, "restore");
+        let mut child = Command::new(&tool)
+            .args(["-w", "--noflush"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run {tool}: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "{tool} -w --noflush rejected the input ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The restore input for one family, given what is there now.
+    fn render_family(&self, rules: &RuleSet, family: Family, now: &FamilyState) -> String {
+        let mut out = format!(
+            "# {}: {} -w --noflush\n",
+            family,
+            self.flavor.tool(family, "restore")
+        );
+        // raw: the guard, IPv4 only.
+        if family == Family::V4 && (rules.loopback_guard || !now.raw.is_empty()) {
+            let mut t = TableText::new("raw", &now.raw);
+            if rules.loopback_guard {
+                t.declare(CHAIN_GUARD);
+                t.rule(
+                    CHAIN_GUARD,
+                    &format!(
+                        "! -i lo -d 127.0.0.0/8 -m comment --comment \"{GUARD_COMMENT}\" -j DROP"
+                    ),
+                );
+            }
+            t.finish(&mut out);
+        }
+        // nat: both DNAT chains always (so an empty rule set still reads
+        // back as installed), masquerade when a remote target needs it.
+        let mut t = TableText::new("nat", &now.nat);
+        t.declare(CHAIN_PREROUTING);
+        t.declare(CHAIN_OUTPUT);
+        let masq: Vec<(usize, &MasqRule)> = rules
+            .masquerade
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| Family::of(m.daddr) == family)
+            .collect();
+        if !masq.is_empty() {
+            t.declare(CHAIN_POSTROUTING);
+        }
+        for (seq, r) in rules.nat.iter().enumerate() {
+            if r.family.is_some_and(|f| f != family) {
+                continue;
+            }
+            let chain = match r.hook {
+                Hook::Prerouting => CHAIN_PREROUTING,
+                Hook::Output => CHAIN_OUTPUT,
+            };
+            t.rule(chain, &nat_rule_spec(r, seq));
+        }
+        for (seq, m) in masq {
+            t.rule(CHAIN_POSTROUTING, &masq_rule_spec(m, seq));
+        }
+        t.finish(&mut out);
+        out
+    }
+
+    fn render_all(
+        &self,
+        rules: &RuleSet,
+        states: &[(Family, FamilyState)],
+    ) -> Vec<(Family, String)> {
+        states
+            .iter()
+            .map(|(family, now)| (*family, self.render_family(rules, *family, now)))
+            .collect()
+    }
+
+    fn states(&self) -> io::Result<Vec<(Family, FamilyState)>> {
+        Self::families()
+            .into_iter()
+            .map(|f| Ok((f, self.read_state(f)?)))
+            .collect()
+    }
+}
+
+/// One `*table … COMMIT` block being written: declarations, rules, then
+/// the jumps (old ones deleted, new ones inserted at position 1), then the
+/// removal of lowport's chains that are no longer needed.
+struct TableText<'a> {
+    table: &'static str,
+    now: &'a TableState,
+    declared: Vec<&'static str>,
+    rules: Vec<String>,
+}
+
+impl<'a> TableText<'a> {
+    fn new(table: &'static str, now: &'a TableState) -> Self {
+        TableText {
+            table,
+            now,
+            declared: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+
+    fn declare(&mut self, chain: &'static str) {
+        self.declared.push(chain);
+    }
+
+    fn rule(&mut self, chain: &str, spec: &str) {
+        self.rules.push(format!("-A {chain} {spec}"));
+    }
+
+    fn finish(self, out: &mut String) {
+        let _ = writeln!(out, "*{}", self.table);
+        for chain in &self.declared {
+            // Creates the chain, or (with --noflush) empties it.
+            let _ = writeln!(out, ":{chain} - [0:0]");
+        }
+        for r in &self.rules {
+            let _ = writeln!(out, "{r}");
+        }
+        for jump in &self.now.jumps {
+            let _ = writeln!(out, "-D {jump}");
+        }
+        for chain in &self.declared {
+            let _ = writeln!(
+                out,
+                "-I {} 1 -m comment --comment {JUMP_COMMENT} -j {chain}",
+                builtin_chain_for(chain)
+            );
+        }
+        for chain in &self.now.chains {
+            if !self.declared.contains(&chain.as_str()) {
+                let _ = writeln!(out, "-F {chain}");
+                let _ = writeln!(out, "-X {chain}");
+            }
+        }
+        let _ = writeln!(out, "COMMIT");
+    }
+}
+
+/// The built-in chain that jumps to one of lowport's.
+fn builtin_chain_for(chain: &str) -> &'static str {
+    match chain {
+        CHAIN_OUTPUT => "OUTPUT",
+        CHAIN_POSTROUTING => "POSTROUTING",
+        _ => "PREROUTING",
+    }
+}
+
+/// The comment of rule number `seq` of mapping `label`.
+fn rule_comment(label: &str, seq: usize) -> String {
+    format!("{label} [{seq}]")
+}
+
+/// `-d 10.0.0.1/32 -p tcp -m tcp --dport 80 [-m addrtype --dst-type LOCAL]
+/// -m comment --comment "web [0]" -j REDIRECT --to-ports 8080`
+fn nat_rule_spec(r: &NatRule, seq: usize) -> String {
+    let mut s = String::new();
+    if let Some(d) = r.daddr {
+        let _ = write!(s, "-d {} ", host_prefix(d));
+    }
+    let _ = write!(s, "-p {l4} -m {l4} --dport {} ", r.dport, l4 = r.l4);
+    if r.hook == Hook::Output {
+        // Local clients only when the destination is this host: without
+        // this, the host's own connections to port 80 elsewhere would be
+        // redirected to its backend.
+        s.push_str("-m addrtype --dst-type LOCAL ");
+    }
+    let _ = write!(
+        s,
+        "-m comment --comment \"{}\" ",
+        rule_comment(&r.comment, seq)
+    );
+    match r.action {
+        NatAction::Redirect { port } => {
+            let _ = write!(s, "-j REDIRECT --to-ports {port}");
+        }
+        NatAction::Dnat { addr, port } => {
+            let _ = write!(
+                s,
+                "-j DNAT --to-destination {}",
+                std::net::SocketAddr::new(addr, port)
+            );
+        }
+    }
+    s
+}
+
+/// Masquerade only what lowport translated (`--ctstate DNAT`), so other
+/// traffic to the same target keeps its source address.
+fn masq_rule_spec(m: &MasqRule, seq: usize) -> String {
+    format!(
+        "-d {} -p {l4} -m {l4} --dport {} -m conntrack --ctstate DNAT -m comment --comment \"{}\" -j MASQUERADE",
+        host_prefix(m.daddr),
+        m.dport,
+        rule_comment(&m.comment, seq),
+        l4 = m.l4
+    )
+}
+
+fn host_prefix(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+/// Pick lowport's chains, their rules and the jumps to them out of one
+/// table's `iptables-save` output.
+fn parse_save(text: &str) -> TableState {
+    let mut state = TableState::default();
+    for line in text.lines() {
+        if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or_default();
+            if name.starts_with(CHAIN_PREFIX) {
+                state.chains.push(name.to_owned());
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let (chain, rest) = rule.split_once(' ').unwrap_or((rule, ""));
+            if chain.starts_with(CHAIN_PREFIX) {
+                state.rules.push((chain.to_owned(), rest.to_owned()));
+            } else if rest
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1].starts_with(CHAIN_PREFIX))
+            {
+                state.jumps.push(rule.to_owned());
+            }
+        }
+    }
+    state
+}
+
+/// Split an `iptables-save` rule into words, honouring double quotes (and
+/// `\"` inside them).
+fn tokenize(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '\\' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// One of lowport's rules, decoded from its words.
+#[derive(Debug, Default)]
+struct Decoded {
+    daddr: Option<(IpAddr, u8)>,
+    not_lo: bool,
+    l4: Option<L4>,
+    dport: Option<u16>,
+    local: bool,
+    ct_dnat: bool,
+    comment: Option<String>,
+    target: Option<String>,
+    to_ports: Option<u16>,
+    to_dest: Option<std::net::SocketAddr>,
+}
+
+fn decode(rest: &str) -> Option<Decoded> {
+    let words = tokenize(rest);
+    let mut d = Decoded::default();
+    let mut i = 0;
+    let mut negate = false;
+    while i < words.len() {
+        let w = words[i].as_str();
+        let arg = words.get(i + 1).map(String::as_str);
+        i += 2;
+        match (w, arg, negate) {
+            ("!", _, false) => {
+                negate = true;
+                i -= 1;
+                continue;
+            }
+            ("-i", Some("lo"), true) => d.not_lo = true,
+            ("-d", Some(a), false) => {
+                let (ip, len) = a.split_once('/').unwrap_or((a, ""));
+                let ip: IpAddr = ip.parse().ok()?;
+                let full = if ip.is_ipv4() { 32 } else { 128 };
+                let len = if len.is_empty() {
+                    full
+                } else {
+                    len.parse().ok()?
+                };
+                d.daddr = Some((ip, len));
+            }
+            ("-p", Some("tcp"), false) => d.l4 = Some(L4::Tcp),
+            ("-p", Some("udp"), false) => d.l4 = Some(L4::Udp),
+            ("-m", Some("tcp" | "udp" | "addrtype" | "comment" | "conntrack"), false) => {}
+            ("--dport", Some(p), false) => d.dport = Some(p.parse().ok()?),
+            ("--dst-type", Some("LOCAL"), false) => d.local = true,
+            ("--ctstate", Some("DNAT"), false) => d.ct_dnat = true,
+            ("--comment", Some(c), false) => d.comment = Some(c.to_owned()),
+            ("-j", Some(t), false) => d.target = Some(t.to_owned()),
+            ("--to-ports", Some(p), false) => d.to_ports = Some(p.parse().ok()?),
+            ("--to-destination", Some(a), false) => d.to_dest = Some(a.parse().ok()?),
+            _ => return None,
+        }
+        negate = false;
+    }
+    Some(d)
+}
+
+/// `web [3]` → ("web", 3).
+fn split_comment(c: &str) -> Option<(String, usize)> {
+    let (label, seq) = c.strip_suffix(']')?.rsplit_once(" [")?;
+    Some((label.to_owned(), seq.parse().ok()?))
+}
+
+/// Rebuild a [`RuleSet`] from both families' tables; `Foreign` for any rule
+/// in lowport's chains that it would not have written.
+fn decode_states(states: &[(Family, FamilyState)]) -> Result<Option<RuleSet>, FirewallError> {
+    if states
+        .iter()
+        .all(|(_, s)| s.nat.chains.is_empty() && s.raw.chains.is_empty())
+    {
+        return Ok(None);
+    }
+    let mut nat: BTreeMap<usize, Vec<(Family, NatRule)>> = BTreeMap::new();
+    let mut masq: BTreeMap<usize, MasqRule> = BTreeMap::new();
+    let mut guard = false;
+    for (family, state) in states {
+        for (chain, rest) in state.nat.rules.iter().chain(&state.raw.rules) {
+            let foreign = || FirewallError::Foreign(format!("-A {chain} {rest}"));
+            let d = decode(rest).ok_or_else(foreign)?;
+            if chain == CHAIN_GUARD {
+                let ok = d.not_lo
+                    && d.daddr == Some(("127.0.0.0".parse().map_err(|_| foreign())?, 8))
+                    && d.target.as_deref() == Some("DROP");
+                if !ok {
+                    return Err(foreign());
+                }
+                guard = true;
+                continue;
+            }
+            let (label, seq) = d
+                .comment
+                .as_deref()
+                .and_then(split_comment)
+                .ok_or_else(foreign)?;
+            let (l4, dport) = (d.l4.ok_or_else(foreign)?, d.dport.ok_or_else(foreign)?);
+            let daddr = match d.daddr {
+                None => None,
+                Some((ip, len)) if len == if ip.is_ipv4() { 32 } else { 128 } => Some(ip),
+                Some(_) => return Err(foreign()),
+            };
+            if chain == CHAIN_POSTROUTING {
+                let (Some(daddr), true, Some("MASQUERADE")) =
+                    (daddr, d.ct_dnat, d.target.as_deref())
+                else {
+                    return Err(foreign());
+                };
+                masq.insert(
+                    seq,
+                    MasqRule {
+                        daddr,
+                        l4,
+                        dport,
+                        comment: label,
+                    },
+                );
+                continue;
+            }
+            let hook = match chain.as_str() {
+                CHAIN_PREROUTING if !d.local => Hook::Prerouting,
+                CHAIN_OUTPUT if d.local => Hook::Output,
+                _ => return Err(foreign()),
+            };
+            let action = match (d.target.as_deref(), d.to_ports, d.to_dest) {
+                (Some("REDIRECT"), Some(port), None) => NatAction::Redirect { port },
+                (Some("DNAT"), None, Some(to)) => NatAction::Dnat {
+                    addr: to.ip(),
+                    port: to.port(),
+                },
+                _ => return Err(foreign()),
+            };
+            let rule = NatRule {
+                hook,
+                family: Some(*family),
+                daddr,
+                l4,
+                dport,
+                action,
+                comment: label,
+            };
+            nat.entry(seq).or_default().push((*family, rule));
+        }
+    }
+    let mut rules = RuleSet {
+        loopback_guard: guard,
+        ..RuleSet::default()
+    };
+    for (seq, mut copies) in nat {
+        let rule = match copies.len() {
+            1 => copies.remove(0).1,
+            // The same position in both families is one rule for both.
+            2 if {
+                let (a, b) = (&copies[0].1, &copies[1].1);
+                copies[0].0 != copies[1].0
+                    && NatRule {
+                        family: None,
+                        ..a.clone()
+                    } == NatRule {
+                        family: None,
+                        ..b.clone()
+                    }
+            } =>
+            {
+                NatRule {
+                    family: None,
+                    ..copies.remove(0).1
+                }
+            }
+            _ => {
+                return Err(FirewallError::Foreign(format!(
+                    "two different rules are numbered [{seq}]"
+                )))
+            }
+        };
+        rules.nat.push(rule);
+    }
+    rules.masquerade = masq.into_values().collect();
+    Ok(Some(rules))
+}
+
+fn rejected(e: io::Error) -> FirewallError {
+    FirewallError::BatchRejected(e)
+}
+
+impl Backend for Iptables {
+    fn name(&self) -> &'static str {
+        match self.flavor {
+            IptablesFlavor::Nft => "iptables-nft",
+            IptablesFlavor::Legacy => "iptables-legacy",
+        }
+    }
+
+    fn apply(&mut self, rules: &RuleSet) -> Result<(), FirewallError> {
+        let states = self.states().map_err(FirewallError::List)?;
+        let inputs = self.render_all(rules, &states);
+        for (i, (family, input)) in inputs.iter().enumerate() {
+            tracing::debug!(%family, input = %input, "iptables-restore");
+            self.restore(*family, input).map_err(|e| {
+                if i == 0 {
+                    rejected(e)
+                } else {
+                    FirewallError::Other(format!(
+                        "{e}\n(the IPv4 rules were replaced; the previous {family} rules are still serving)"
+                    ))
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self) -> Result<(), FirewallError> {
+        let states = self.states().map_err(FirewallError::List)?;
+        for (family, state) in &states {
+            if state.is_empty() {
+                continue;
+            }
+            let mut input = String::new();
+            for (table, t) in [("raw", &state.raw), ("nat", &state.nat)] {
+                if t.is_empty() {
+                    continue;
+                }
+                let _ = writeln!(input, "*{table}");
+                for jump in &t.jumps {
+                    let _ = writeln!(input, "-D {jump}");
+                }
+                for chain in &t.chains {
+                    let _ = writeln!(input, "-F {chain}\n-X {chain}");
+                }
+                let _ = writeln!(input, "COMMIT");
+            }
+            tracing::debug!(%family, input = %input, "iptables-restore");
+            self.restore(*family, &input)
+                .map_err(FirewallError::Remove)?;
+        }
+        Ok(())
+    }
+
+    fn list(&mut self) -> Result<Option<RuleSet>, FirewallError> {
+        let states = self.states().map_err(FirewallError::List)?;
+        decode_states(&states)
+    }
+
+    /// The restore input for each family, as `apply` would send it now: the
+    /// jumps it deletes are the ones installed at this moment (none when
+    /// they cannot be read, e.g. without root).
+    fn render(&self, rules: &RuleSet) -> String {
+        let states: Vec<(Family, FamilyState)> = Self::families()
+            .into_iter()
+            .map(|f| (f, self.read_state(f).unwrap_or_default()))
+            .collect();
+        self.render_all(rules, &states)
+            .into_iter()
+            .map(|(_, text)| text)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(hook: Hook, family: Option<Family>, action: NatAction) -> NatRule {
+        NatRule {
+            hook,
+            family,
+            daddr: None,
+            l4: L4::Tcp,
+            dport: 80,
+            action,
+            comment: "web".into(),
+        }
+    }
+
+    fn sample() -> RuleSet {
+        let lo = NatAction::Dnat {
+            addr: "127.0.0.1".parse().unwrap(),
+            port: 8080,
+        };
+        let six = NatAction::Dnat {
+            addr: "fd00::5".parse().unwrap(),
+            port: 8443,
+        };
+        RuleSet {
+            nat: vec![
+                rule(Hook::Prerouting, Some(Family::V6), six),
+                rule(Hook::Prerouting, Some(Family::V4), lo),
+                rule(Hook::Prerouting, None, NatAction::Redirect { port: 8080 }),
+                rule(Hook::Output, Some(Family::V4), lo),
+            ],
+            masquerade: vec![MasqRule {
+                daddr: "fd00::5".parse().unwrap(),
+                l4: L4::Udp,
+                dport: 8443,
+                comment: "h3".into(),
+            }],
+            loopback_guard: true,
+        }
+    }
+
+    /// What iptables-save prints for what render sent (the tools echo the
+    /// rule specs back in the same spelling).
+    fn as_saved(input: &str) -> FamilyState {
+        let mut st = FamilyState::default();
+        let mut table = "";
+        let mut text = String::new();
+        let flush = |table: &str, text: &mut String, st: &mut FamilyState| {
+            let parsed = parse_save(text);
+            if table == "raw" {
+                st.raw = parsed;
+            } else if table == "nat" {
+                st.nat = parsed;
+            }
+            text.clear();
+        };
+        for line in input.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                table = if t == "raw" { "raw" } else { "nat" };
+            } else if line == "COMMIT" {
+                flush(table, &mut text, &mut st);
+            } else if !line.starts_with('-') || line.starts_with("-A ") {
+                text.push_str(line);
+                text.push('\n');
+            } else if let Some(rest) = line.strip_prefix("-I ") {
+                let rest = rest.replacen(" 1 ", " ", 1);
+                text.push_str(&format!("-A {rest}\n"));
+            }
+        }
+        st
+    }
+
+    #[test]
+    fn render_then_decode_gives_the_same_ruleset() {
+        let ipt = Iptables::new(IptablesFlavor::Nft);
+        let rs = sample();
+        let states: Vec<(Family, FamilyState)> = [Family::V4, Family::V6]
+            .into_iter()
+            .map(|f| {
+                (
+                    f,
+                    as_saved(&ipt.render_family(&rs, f, &FamilyState::default())),
+                )
+            })
+            .collect();
+        assert_eq!(decode_states(&states).unwrap(), Some(rs));
+    }
+
+    #[test]
+    fn output_rules_match_local_destinations_only() {
+        let ipt = Iptables::new(IptablesFlavor::Legacy);
+        let text = ipt.render_family(&sample(), Family::V4, &FamilyState::default());
+        assert!(text.contains(
+            "-A LOWPORT-OUTPUT -p tcp -m tcp --dport 80 -m addrtype --dst-type LOCAL -m comment --comment \"web [3]\" -j DNAT --to-destination 127.0.0.1:8080"
+        ), "{text}");
+        assert!(text.starts_with("# ipv4: iptables-legacy-restore -w --noflush\n*raw\n"));
+        assert!(text.contains("-A LOWPORT-GUARD ! -i lo -d 127.0.0.0/8"));
+        assert_eq!(text.matches("COMMIT").count(), 2);
+    }
+
+    #[test]
+    fn old_jumps_are_deleted_before_the_new_one_and_stale_chains_go() {
+        let ipt = Iptables::new(IptablesFlavor::Nft);
+        let now = FamilyState {
+            nat: parse_save(
+                ":PREROUTING ACCEPT [0:0]\n:LOWPORT-POSTROUTING - [0:0]\n:LOWPORT-PREROUTING - [0:0]\n\
+                 -A PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING\n\
+                 -A POSTROUTING -m comment --comment lowport -j LOWPORT-POSTROUTING\n",
+            ),
+            raw: TableState::default(),
+        };
+        let rs = RuleSet {
+            nat: vec![rule(
+                Hook::Prerouting,
+                None,
+                NatAction::Redirect { port: 8080 },
+            )],
+            ..RuleSet::default()
+        };
+        let text = ipt.render_family(&rs, Family::V4, &now);
+        let del = text
+            .find("-D PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING")
+            .unwrap();
+        let ins = text
+            .find("-I PREROUTING 1 -m comment --comment lowport -j LOWPORT-PREROUTING")
+            .unwrap();
+        assert!(del < ins, "{text}");
+        assert!(
+            text.contains("-D POSTROUTING -m comment --comment lowport -j LOWPORT-POSTROUTING\n")
+        );
+        assert!(
+            text.contains("-F LOWPORT-POSTROUTING\n-X LOWPORT-POSTROUTING\n"),
+            "{text}"
+        );
+        assert!(!text.contains("*raw"), "{text}");
+    }
+
+    #[test]
+    fn a_rule_lowport_did_not_write_is_foreign() {
+        let st = FamilyState {
+            nat: parse_save(
+                ":LOWPORT-PREROUTING - [0:0]\n-A LOWPORT-PREROUTING -s 10.0.0.0/8 -j ACCEPT\n",
+            ),
+            raw: TableState::default(),
+        };
+        let err = decode_states(&[(Family::V4, st)]).unwrap_err();
+        assert!(matches!(err, FirewallError::Foreign(_)), "{err}");
+    }
+
+    #[test]
+    fn tokenizer_keeps_quoted_words() {
+        assert_eq!(
+            tokenize(r#"-m comment --comment "web [0]" -j X"#),
+            vec!["-m", "comment", "--comment", "web [0]", "-j", "X"]
+        );
+    }
+
+    #[test]
+    fn nothing_installed_lists_as_none() {
+        let st = FamilyState::default();
+        assert_eq!(decode_states(&[(Family::V4, st)]).unwrap(), None);
+    }
+}

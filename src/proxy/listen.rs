@@ -166,6 +166,9 @@ mod tests {
         let port = l.local_addr().expect("addr").port();
         let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("v4 connect");
         let (_, peer) = l.accept().expect("accept");
-        assert_eq!(peer.ip().to_string(), format!("::ffff:{}", s.local_addr().expect("a").ip()));
+        assert_eq!(
+            peer.ip().to_string(),
+            format!("::ffff:{}", s.local_addr().expect("a").ip())
+        );
     }
 }

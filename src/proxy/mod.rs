@@ -328,9 +328,15 @@ pub async fn serve(
     }
     shared.tracker.close();
     let grace = shared.settings.borrow().shutdown_timeout;
-    let active = shared.stats.active.load(std::sync::atomic::Ordering::Relaxed);
+    let active = shared
+        .stats
+        .active
+        .load(std::sync::atomic::Ordering::Relaxed);
     info!("stopped accepting; {active} connection(s) may finish within {grace:?}");
-    if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(grace, shared.tracker.wait())
+        .await
+        .is_err()
+    {
         warn!("shutdown_timeout ({grace:?}) ran out: resetting the remaining connections");
         shared.hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
@@ -347,7 +353,11 @@ fn describe(r: &Running) -> String {
         addrs.join(" "),
         m.target,
         m.label(),
-        if r.activated { ", socket-activated" } else { "" },
+        if r.activated {
+            ", socket-activated"
+        } else {
+            ""
+        },
         match m.proxy_protocol {
             ProxyProtocol::Off => "",
             ProxyProtocol::V1 => ", PROXY v1",
@@ -525,7 +535,10 @@ async fn accept_loop(
                     // off (doubling up to 1 s) instead of spinning on it.
                     backoff = (backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
                     if failures == 1 {
-                        warn!("accept on {:?}: {e}; backing off and retrying", listener.local_addr().ok());
+                        warn!(
+                            "accept on {:?}: {e}; backing off and retrying",
+                            listener.local_addr().ok()
+                        );
                     }
                 } else {
                     // Per-connection errors (ECONNABORTED and the like).
@@ -580,7 +593,12 @@ async fn handle(
             return;
         }
     };
-    let connect = connect_backend(&mapping.target, local, settings.connect_timeout, &shared.stats);
+    let connect = connect_backend(
+        &mapping.target,
+        local,
+        settings.connect_timeout,
+        &shared.stats,
+    );
     let backend = tokio::select! {
         r = connect => r,
         () = shared.hard_stop.cancelled() => Err("shutting down".to_owned()),
@@ -588,7 +606,10 @@ async fn handle(
     let backend = match backend {
         Ok(b) => b,
         Err(why) => {
-            warn!("no backend for {}: {why}; closing the client", mapping.target);
+            warn!(
+                "no backend for {}: {why}; closing the client",
+                mapping.target
+            );
             inc(&shared.stats.refused);
             relay::arm_reset(&client);
             return;

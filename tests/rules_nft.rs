@@ -168,19 +168,9 @@ fn loopback_only_backend_is_reachable_but_guarded() {
     // backend directly.
     lan.remote
         .ok("sysctl", &["-qw", "net.ipv4.conf.all.route_localnet=1"]);
-    lan.remote.ok(
-        "ip",
-        &[
-            "route",
-            "del",
-            "local",
-            "127.0.0.0/8",
-            "dev",
-            "lo",
-            "table",
-            "local",
-        ],
-    );
+    // Its own 127.0.0.1 goes, so 127.0.0.0/8 really leaves through eth0.
+    lan.remote
+        .ok("ip", &["addr", "del", "127.0.0.1/8", "dev", "lo"]);
     lan.remote.ok(
         "ip",
         &[

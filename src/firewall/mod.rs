@@ -194,7 +194,7 @@ fn forget_udp_flows(before: Option<&RuleSet>, after: Option<&RuleSet>) -> usize 
             continue;
         }
         done.push(key);
-        match conntrack_delete_udp_flows(rule.dport, rule.family) {
+        match conntrack::delete_udp_flows(rule.dport, rule.family) {
             Ok(n) => deleted += n,
             Err(e) => tracing::warn!(
                 port = rule.dport,
@@ -307,11 +307,6 @@ pub fn format_rules(backend: &str, rules: &RuleSet) -> String {
     out
 }
 
-// TEMPORARY until src/firewall/conntrack.rs lands (do not commit).
-fn conntrack_delete_udp_flows(_dport: u16, _family: Option<Family>) -> std::io::Result<usize> {
-    Err(std::io::Error::other("conntrack cleanup not built yet"))
-}
-
 /// Choose the backend for `choice`, in one place.
 ///
 /// `auto` (the default) is decided by [`auto_choice`]; the choice and its
@@ -331,9 +326,7 @@ pub fn select_backend(
             tracing::info!(flavor = %backend.flavor(), "iptables backend");
             Ok(Box::new(backend))
         }
-        BackendChoice::Nftables => Err(FirewallError::Other(format!(
-            "backend {choice} is not built yet"
-        ))),
+        BackendChoice::Nftables => Ok(Box::new(nft::Nftables::new())),
     }
 }
 

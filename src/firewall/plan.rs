@@ -230,9 +230,8 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
         let comment = m.label();
         let port = m.target.port.get();
         let families = listen_families(&m.listen);
-        // Each family the client may use, with the target address it goes
-        // to (None: this host, by redirect).
-        let mut targets: Vec<(Option<Family>, Option<IpAddr>)> = Vec::new();
+        // Each family the client may use, with the target address it goes to.
+        let mut targets: Vec<FamilyTarget> = Vec::new();
         match &m.target.host {
             TargetHost::Local => targets.push((family_restriction(&m.listen), None)),
             TargetHost::Ip(ip) => targets.extend(per_family(m, &families, &[*ip])?),
@@ -264,6 +263,14 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
                     true
                 }
                 Some(a) if !host.is_local(a) => {
+                    if a.is_ipv4() {
+                        // A local client on 127.0.0.1:80 sent on to another
+                        // host leaves with source 127.0.0.1 (masquerade fixes
+                        // it only after routing); the kernel drops that as a
+                        // martian unless route_localnet is on, which in turn
+                        // needs the guard.
+                        push_unique(&mut sysctls, Sysctl::RouteLocalnet);
+                    }
                     push_unique(
                         &mut sysctls,
                         match a {
@@ -342,11 +349,15 @@ fn family_restriction(listen: &Listen) -> Option<Family> {
 /// For each family the mapping listens on, the first target address of
 /// that family. A family with no target address is skipped (and warned
 /// about by the caller) unless the mapping listens on that family alone.
+/// A client family (None: both) and the address it is sent to (None: this
+/// host, by redirect).
+type FamilyTarget = (Option<Family>, Option<IpAddr>);
+
 fn per_family(
     m: &Mapping,
     families: &[Family],
     addrs: &[IpAddr],
-) -> Result<Vec<(Option<Family>, Option<IpAddr>)>, PlanError> {
+) -> Result<Vec<FamilyTarget>, PlanError> {
     let mut out = Vec::new();
     for &family in families {
         match addrs.iter().find(|a| Family::of(**a) == family) {
@@ -481,7 +492,15 @@ mod tests {
     fn remote_target_needs_forwarding_and_masquerade() {
         let m = mapping(None, 80, TargetHost::Name("dual.lan".into()), 8080);
         let p = plan(&[m], &FakeHost).unwrap();
-        assert_eq!(p.sysctls, vec![Sysctl::Ipv4Forward, Sysctl::Ipv6Forward]);
+        assert_eq!(
+            p.sysctls,
+            vec![
+                Sysctl::RouteLocalnet,
+                Sysctl::Ipv4Forward,
+                Sysctl::Ipv6Forward
+            ]
+        );
+        assert!(p.rules.loopback_guard);
         assert_eq!(p.rules.masquerade.len(), 2);
         assert_eq!(p.rules.nat.len(), 4);
         assert!(p.warnings.is_empty());

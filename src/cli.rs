@@ -85,6 +85,27 @@ pub enum Command {
     /// the listen ports, drops every privilege, then serves. SIGTERM/SIGINT
     /// drain and exit, SIGHUP reloads the configuration, SIGUSR1 logs counters.
     Proxy,
+    /// Validate the configuration, then diagnose this host: is something
+    /// listening on each target (and as whom), are the rules installed and
+    /// unchanged, do sysctls, input firewalls or other NAT tables get in the
+    /// way, can the proxy bind its ports. One line per finding (✓ ✗ !), a
+    /// fix for each problem, and the simplest way to serve the mappings
+    /// here. Exit 0: all in place; 1: something is missing; 2: bad config.
+    Check {
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (for packagers; see dist/completions).
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, roff (for packagers; see dist/man).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]

@@ -62,6 +62,15 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Rules(cmd) => rules(&cli.global, cmd),
         Command::Proxy => proxy(&cli.global),
+        Command::Check { json } => check(&cli.global, json),
+        Command::Completions { shell } => {
+            print!("{}", crate::generate::completions(shell));
+            Ok(())
+        }
+        Command::Man => {
+            print!("{}", crate::generate::man_page());
+            Ok(())
+        }
     }
 }
 
@@ -159,5 +168,35 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
             }
             Ok(())
         }
+    }
+}
+
+/// `check`: a bad configuration is exit 2 (as everywhere); a host that
+/// lacks something the mappings need is exit 1, after the full report.
+fn check(global: &GlobalArgs, json: bool) -> Result<(), Failure> {
+    let source = global.source();
+    let config = config::load(&source)?;
+    let plan = plan::plan(&config.mappings, &firewall::SystemHost)?;
+    let origin = source
+        .effective_file()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "-m mappings".to_owned());
+    let report = crate::check::run(&config, &plan, &origin);
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        let n = report
+            .findings
+            .iter()
+            .filter(|f| f.status == crate::check::Status::Problem)
+            .count();
+        Err(Failure::Runtime(
+            format!("check found {n} problem(s) on this host").into(),
+        ))
     }
 }

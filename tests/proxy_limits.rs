@@ -1,0 +1,158 @@
+//! `lowport proxy` at its limits: out of file descriptors (EMFILE) and past
+//! the per-user pipe quota, with the real binary running as `nobody`.
+
+mod common;
+mod proxy_support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{require_root, Netns};
+use proxy_support::*;
+
+/// With RLIMIT_NOFILE at 48 (prlimit; soft = hard, so the proxy cannot
+/// raise it), clients beyond what fits make accept/connect/pipe fail with
+/// EMFILE. The proxy backs off instead of spinning (its CPU time over a
+/// 2-second window stays small), never loses its listener, and serves again
+/// once fds are free.
+#[test]
+fn emfile_backs_off_and_recovers() {
+    if !require_root("emfile_backs_off_and_recovers") {
+        return;
+    }
+    raise_nofile();
+    let ns = Netns::new("pxmfile");
+    echo_server(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("emfile");
+    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+    let mut launch = Launch::new(&ns, &cfg);
+    launch.wrapper = vec!["prlimit".into(), "--nofile=48:48".into(), "--".into()];
+    let proxy = launch.start();
+
+    // Open connections until the proxy cannot take more; keep them all.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        if let Ok(c) = connect_in(&ns, "127.0.0.1:9080") {
+            held.push(c);
+        }
+    }
+    proxy.expect_line("backing off", Duration::from_secs(10));
+    let mut served = 0;
+    for c in held.iter_mut() {
+        if round_trip(c, b"x").is_ok() {
+            served += 1;
+        }
+    }
+    assert!(served > 5, "only {served} connections served before EMFILE");
+
+    // The listener stays readable (clients queued): no CPU spin.
+    let before = proxy.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = proxy.cpu_ticks() - before;
+    assert!(
+        used <= 20,
+        "proxy used {used} ticks of CPU in 2 s while out of fds"
+    );
+
+    // Free everything; a new client is served again.
+    drop(held);
+    let ok = wait_until(Duration::from_secs(10), || {
+        connect_in(&ns, "127.0.0.1:9080")
+            .and_then(|mut c| round_trip(&mut c, b"again"))
+            .is_ok()
+    });
+    assert!(ok, "not serving after fds were freed\n{}", proxy.log_text());
+    proxy.expect_line("accepting again", Duration::from_secs(10));
+}
+
+/// More than 1100 connections at once, all moving data, with the proxy as
+/// `nobody`: past the per-user pipe quota (fs.pipe-user-pages-soft) new
+/// pipes shrink to a page or two, and every byte must still arrive intact.
+/// The backend reads nothing until all are connected, so each connection
+/// holds a pipe with bytes in flight at the same time.
+#[test]
+fn over_1100_concurrent_connections_past_the_pipe_quota() {
+    if !require_root("over_1100_concurrent_connections_past_the_pipe_quota") {
+        return;
+    }
+    raise_nofile();
+    const N: u64 = 1150;
+    let ns = Netns::new("pxmany");
+    // A real network's MTU: on 64 KiB-MTU loopback the proxy's socket send
+    // buffers alone would swallow every request and no pipe would be needed.
+    ns.ok("ip", &["link", "set", "lo", "mtu", "1500"]);
+    let gate = Arc::new(Gate::default());
+    let server = exchange_server(&ns, "127.0.0.1:8080", Some(4096), Some(Arc::clone(&gate)));
+    let dir = temp_dir("many");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - listen: 9080\n    to: 8080\nproxy:\n  max_connections: 5000\n",
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+
+    let clients = ns.enter(move || {
+        (0..N)
+            .map(|i| {
+                std::thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn(move || {
+                        exchange(
+                            "127.0.0.1:9080".parse().expect("addr"),
+                            1000 + i,
+                            256 * 1024 + i,
+                            64 * 1024 + i,
+                        )
+                    })
+                    .expect("spawn client")
+            })
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        wait_until(Duration::from_secs(60), || server
+            .accepted
+            .load(Ordering::SeqCst)
+            == N),
+        "backend accepted {} of {N}\n{}",
+        server.accepted.load(Ordering::SeqCst),
+        proxy.log_text()
+    );
+    // Bytes stuck in flight: the proxy holds a pipe (two fds) per connection.
+    let mut peak = 0;
+    wait_until(Duration::from_secs(20), || {
+        peak = peak.max(proxy.pipe_fds());
+        peak >= 2 * 1100
+    });
+    assert!(
+        peak >= 2 * 1100,
+        "only {} pipes in flight at once; comm {:?} fds {}",
+        peak / 2,
+        std::fs::read_to_string(format!("/proc/{}/comm", proxy.pid())),
+        std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    );
+    gate.open();
+    let failed: Vec<String> = clients
+        .into_iter()
+        .filter_map(|h| h.join().expect("client thread").err())
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || server
+            .verified
+            .load(Ordering::SeqCst)
+            == N),
+        "server verified {} of {N}: {:?}",
+        server.verified.load(Ordering::SeqCst),
+        server.failures.lock().expect("lock").first()
+    );
+    let status = proxy.status();
+    assert!(status.contains("Uid:\t65534"), "{status}");
+}

@@ -574,7 +574,16 @@ fn check_target(f: &mut Findings, m: &Mapping, sockets: &Listeners) {
             .collect();
         if local.is_empty() {
             // Another host: try a TCP connection, say nothing for UDP.
-            let addr = SocketAddr::new(addrs[0], port);
+            let Some(&first) = addrs.first() else {
+                f.push(
+                    Status::Problem,
+                    "target",
+                    format!("{label}: the target host has no address"),
+                    Some("use an address, or fix DNS".into()),
+                );
+                continue;
+            };
+            let addr = SocketAddr::new(first, port);
             if l4 == L4::Tcp {
                 match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
                 {

@@ -1,0 +1,132 @@
+//! Signals and configuration: SIGHUP reloads without dropping live
+//! connections, SIGTERM drains and exits 0, UDP in proxy mode is a config
+//! error (exit 2).
+
+mod common;
+mod proxy_support;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::{require_root, Netns};
+use proxy_support::*;
+
+#[test]
+fn sighup_keeps_live_connections_adds_and_removes_listeners() {
+    if !require_root("sighup_keeps_live_connections_adds_and_removes_listeners") {
+        return;
+    }
+    let ns = Netns::new("pxhup");
+    echo_server(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("hup");
+    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+    let proxy = Launch::new(&ns, &cfg).start();
+    let mut live = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+    round_trip(&mut live, b"before").expect("echo");
+
+    // Add 9081.
+    write_config(
+        &dir,
+        "mappings:\n  - listen: 9080\n    to: 8080\n  - listen: 9081\n    to: 8080\n",
+    );
+    proxy.signal(libc::SIGHUP);
+    proxy.expect_line("reloaded configuration", Duration::from_secs(10));
+    round_trip(&mut live, b"after reload").expect("live connection kept");
+    let mut c = connect_in(&ns, "127.0.0.1:9081").expect("new listener");
+    round_trip(&mut c, b"new").expect("echo on the new listener");
+
+    // An invalid file is rejected; everything keeps serving.
+    write_config(
+        &dir,
+        "mappings:\n  - listen: 9080\n    to: 8080\n    bogus: 1\n",
+    );
+    proxy.signal(libc::SIGHUP);
+    proxy.expect_line("rejected", Duration::from_secs(10));
+    round_trip(&mut live, b"after a bad reload").expect("live connection kept");
+    let mut c = connect_in(&ns, "127.0.0.1:9081").expect("9081 kept");
+    round_trip(&mut c, b"still").expect("echo");
+
+    // Remove 9080: its listener closes, its live connection goes on.
+    write_config(&dir, "mappings:\n  - listen: 9081\n    to: 8080\n");
+    proxy.signal(libc::SIGHUP);
+    proxy.expect_line("reloaded configuration", Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(5), || connect_in(&ns, "127.0.0.1:9080")
+            .is_err()),
+        "9080 still accepts after its mapping was removed"
+    );
+    round_trip(&mut live, b"listener gone, connection not").expect("live connection kept");
+}
+
+#[test]
+fn sigterm_drains_then_exits_zero() {
+    if !require_root("sigterm_drains_then_exits_zero") {
+        return;
+    }
+    let ns = Netns::new("pxterm");
+    echo_server(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("term");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - listen: 9080\n    to: 8080\nproxy:\n  shutdown_timeout: 20s\n",
+    );
+    let mut proxy = Launch::new(&ns, &cfg).start();
+    let mut live = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+    round_trip(&mut live, b"before").expect("echo");
+
+    proxy.signal(libc::SIGTERM);
+    proxy.expect_line("stopped accepting", Duration::from_secs(10));
+    assert!(
+        connect_in(&ns, "127.0.0.1:9080").is_err(),
+        "still accepting after SIGTERM"
+    );
+    // The live connection is still served while draining...
+    round_trip(&mut live, b"draining").expect("live connection served while draining");
+    assert_eq!(proxy.child.try_wait().expect("wait"), None, "exited early");
+    // ...and the proxy exits 0 as soon as it closes.
+    let closed = Instant::now();
+    live.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut rest = Vec::new();
+    live.read_to_end(&mut rest).expect("read to end");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(closed.elapsed() < Duration::from_secs(5));
+    assert!(proxy.log_text().contains("counters (shutdown)"));
+}
+
+#[test]
+fn sigterm_resets_what_outlives_shutdown_timeout() {
+    if !require_root("sigterm_resets_what_outlives_shutdown_timeout") {
+        return;
+    }
+    let ns = Netns::new("pxterm2");
+    echo_server(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("term2");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - listen: 9080\n    to: 8080\nproxy:\n  shutdown_timeout: 300ms\n",
+    );
+    let mut proxy = Launch::new(&ns, &cfg).start();
+    let mut live = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+    round_trip(&mut live, b"before").expect("echo");
+    proxy.signal(libc::SIGINT);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    live.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 8];
+    match live.read(&mut buf) {
+        Err(e) if is_reset(&e) => {}
+        other => panic!("expected a reset after shutdown_timeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn udp_mapping_is_a_config_error() {
+    if !require_root("udp_mapping_is_a_config_error") {
+        return;
+    }
+    let ns = Netns::new("pxudp");
+    let out = ns.lowport(&["-m", "9443:8443/udp", "proxy"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rules apply"), "{err}");
+}

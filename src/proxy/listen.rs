@@ -163,6 +163,7 @@ mod tests {
     fn bare_port_is_dual_stack() {
         // Port 0 is not a valid mapping, so bind an ephemeral port directly.
         let l = bind_one("[::]:0".parse().expect("addr"), Some(false)).expect("bind");
+        l.set_nonblocking(false).expect("blocking");
         let port = l.local_addr().expect("addr").port();
         let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("v4 connect");
         let (_, peer) = l.accept().expect("accept");

@@ -267,6 +267,8 @@ struct Running {
     stop: CancellationToken,
     addrs: Vec<SocketAddr>,
     activated: bool,
+    /// The accept loops; each owns (and on return closes) one listening socket.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Serve already-bound listeners until `shutdown`; see [`main`].
@@ -322,9 +324,15 @@ pub async fn serve(
         }
     }
 
-    // Stop accepting: the listening sockets close as their loops end.
+    // Stop accepting: the listening sockets close as their loops end; wait
+    // for that, so "stopped accepting" is true when it is logged.
     for r in running.values() {
         r.stop.cancel();
+    }
+    for r in running.into_values() {
+        for t in r.tasks {
+            let _ = t.await;
+        }
     }
     shared.tracker.close();
     let grace = shared.settings.borrow().shutdown_timeout;
@@ -370,21 +378,23 @@ fn start_listener(b: BoundListener, shared: &Arc<Shared>) -> io::Result<Running>
     let (tx, _) = watch::channel(Arc::new(b.mapping));
     let stop = CancellationToken::new();
     let mut addrs = Vec::new();
+    let mut tasks = Vec::new();
     for socket in b.sockets {
         let listener = TcpListener::from_std(socket)?;
         addrs.push(listener.local_addr()?);
-        tokio::spawn(accept_loop(
+        tasks.push(tokio::spawn(accept_loop(
             listener,
             tx.subscribe(),
             stop.clone(),
             Arc::clone(shared),
-        ));
+        )));
     }
     Ok(Running {
         mapping: tx,
         stop,
         addrs,
         activated: b.activated,
+        tasks,
     })
 }
 

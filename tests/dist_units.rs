@@ -12,7 +12,11 @@ fn unit_dir() -> std::path::PathBuf {
 #[test]
 fn units_pass_systemd_analyze_verify() {
     let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "systemd-analyze missing in CI");
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "systemd-analyze missing in CI"
+        );
         eprintln!("SKIPPED units_pass_systemd_analyze_verify: systemd-analyze is missing");
         return;
     };
@@ -39,7 +43,10 @@ fn units_pass_systemd_analyze_verify() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "systemd-analyze verify: {stderr}");
-    assert!(!stderr.contains("lowport"), "systemd-analyze verify complains: {stderr}");
+    assert!(
+        !stderr.contains("lowport"),
+        "systemd-analyze verify complains: {stderr}"
+    );
 }
 
 #[test]
@@ -55,6 +62,9 @@ fn rules_unit_reapplies_after_firewall_reload_and_removes_on_stop() {
         "ExecReload=/usr/local/bin/lowport -c /etc/lowport/lowport.yaml rules apply",
         "ExecStop=/usr/local/bin/lowport -c /etc/lowport/lowport.yaml rules remove",
     ] {
-        assert!(text.contains(needle), "lowport-rules.service lacks {needle}");
+        assert!(
+            text.contains(needle),
+            "lowport-rules.service lacks {needle}"
+        );
     }
 }

@@ -140,8 +140,9 @@ pub enum RulesCommand {
 /// `--backend`.
 #[derive(Debug, Args, Clone, Copy)]
 pub struct BackendArg {
-    /// Firewall backend; default: the config's `rules.backend`, else auto
-    /// (nftables).
+    /// Firewall backend; default: the config's `rules.backend`, else auto:
+    /// nftables when the kernel has it, unless lowport's iptables chains
+    /// exist or legacy iptables NAT rules are in use (then iptables).
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub backend: Option<BackendFlag>,
 }

@@ -128,11 +128,11 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
             }
             let outcome = firewall::apply(backend.as_mut(), &plan, &config.rules)?;
             println!(
-                "lowport: {} mapping(s) installed as {} {} rule(s) in table inet {}",
+                "lowport: {} mapping(s) installed as {} {} rule(s) in {}",
                 config.mappings.len(),
                 plan.rules.nat.len(),
                 backend.name(),
-                firewall::TABLE
+                backend.place()
             );
             for (s, v) in outcome.sysctls {
                 println!("lowport: set {s}={v}");
@@ -160,11 +160,11 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
             let mut backend = backend_for(backend, config.as_ref())?;
             match backend.list()? {
                 None => println!(
-                    "lowport: no rules installed ({}: table inet {} does not exist)",
+                    "lowport: no rules installed ({}: no {})",
                     backend.name(),
-                    firewall::TABLE
+                    backend.place()
                 ),
-                Some(rules) => print!("{}", firewall::format_rules(backend.name(), &rules)),
+                Some(rules) => print!("{}", firewall::format_rules(backend.as_ref(), &rules)),
             }
             Ok(())
         }

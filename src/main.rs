@@ -5,12 +5,18 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lowport::cli::Cli;
+use lowport::cli::{Cli, Command};
 use lowport::commands::{self, Failure};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.global.verbose, cli.global.quiet);
+    // A long-running proxy logs its start-up line, reloads and counters by
+    // default; one-shot commands only warnings.
+    let long_running = matches!(cli.command, Command::Proxy);
+    init_tracing(
+        cli.global.verbose + u8::from(long_running),
+        cli.global.quiet,
+    );
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

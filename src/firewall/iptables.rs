@@ -730,6 +730,10 @@ fn rejected(e: io::Error) -> FirewallError {
 }
 
 impl Backend for Iptables {
+    fn place(&self) -> &'static str {
+        "chains LOWPORT-* of the nat and raw tables"
+    }
+
     fn name(&self) -> &'static str {
         match self.flavor {
             IptablesFlavor::Nft => "iptables-nft",

@@ -40,8 +40,10 @@ pub enum FirewallError {
 
 /// A way of putting a [`RuleSet`] into the kernel.
 pub trait Backend {
-    /// Short name for messages: "nftables", "iptables".
+    /// Short name for messages: "nftables", "iptables-nft", "iptables-legacy".
     fn name(&self) -> &'static str;
+    /// Where the rules live, for messages: "table inet lowport".
+    fn place(&self) -> &'static str;
     /// Replace lowport's rules with `rules`, atomically: if the kernel
     /// rejects them, the previous rules keep serving.
     fn apply(&mut self, rules: &RuleSet) -> Result<(), FirewallError>;
@@ -223,7 +225,7 @@ impl plan::HostView for SystemHost {
 }
 
 /// `rules show`: the installed rules as a table a person can read.
-pub fn format_rules(backend: &str, rules: &RuleSet) -> String {
+pub fn format_rules(backend: &dyn Backend, rules: &RuleSet) -> String {
     use std::fmt::Write;
     let mut rows: Vec<[String; 6]> = vec![[
         "NAME".into(),
@@ -280,7 +282,7 @@ pub fn format_rules(backend: &str, rules: &RuleSet) -> String {
     let widths: Vec<usize> = (0..6)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
-    let mut out = format!("lowport rules ({backend}, table inet {TABLE}):\n");
+    let mut out = format!("lowport rules ({}, {}):\n", backend.name(), backend.place());
     for row in &rows {
         let line: Vec<String> = row
             .iter()

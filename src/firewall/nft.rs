@@ -83,6 +83,10 @@ impl Backend for Nftables {
         "nftables"
     }
 
+    fn place(&self) -> &'static str {
+        "table inet lowport"
+    }
+
     fn apply(&mut self, rules: &RuleSet) -> Result<(), FirewallError> {
         validate(rules)?;
         let reject = std::mem::take(&mut self.reject_next_batch);

@@ -35,9 +35,19 @@ fn units_pass_systemd_analyze_verify() {
         units.push(dest);
     }
     assert!(!units.is_empty());
+    // `Documentation=man:lowport(1)` is checked by running man: offer it
+    // the shipped page.
+    let man1 = tmp.join("man/man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/man/lowport.1"),
+        man1.join("lowport.1"),
+    )
+    .unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .args(&units)
+        .env("MANPATH", tmp.join("man"))
         .env("SYSTEMD_LOG_LEVEL", "warning")
         .output()
         .unwrap();

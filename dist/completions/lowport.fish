@@ -45,7 +45,7 @@ complete -c lowport -n "__fish_lowport_using_subcommand rules; and not __fish_se
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and not __fish_seen_subcommand_from apply remove show help" -f -a "remove" -d 'Remove lowport\'s rules and put back the sysctls it changed. Removing nothing succeeds'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and not __fish_seen_subcommand_from apply remove show help" -f -a "show" -d 'Read lowport\'s rules back from the kernel and print them as mappings'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and not __fish_seen_subcommand_from apply remove show help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -l backend -d 'Firewall backend; default: the config\'s `rules.backend`, else auto (nftables)' -r -f -a "auto\t''
+complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -l backend -d 'Firewall backend; default: the config\'s `rules.backend`, else auto: nftables when the kernel has it, unless lowport\'s iptables chains exist or legacy iptables NAT rules are in use (then iptables)' -r -f -a "auto\t''
 nftables\t''
 iptables\t''"
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F
@@ -54,7 +54,7 @@ complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_s
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -s q -l quiet -d 'Only errors'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -l backend -d 'Firewall backend; default: the config\'s `rules.backend`, else auto (nftables)' -r -f -a "auto\t''
+complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -l backend -d 'Firewall backend; default: the config\'s `rules.backend`, else auto: nftables when the kernel has it, unless lowport\'s iptables chains exist or legacy iptables NAT rules are in use (then iptables)' -r -f -a "auto\t''
 nftables\t''
 iptables\t''"
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F
@@ -62,7 +62,7 @@ complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_s
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -s q -l quiet -d 'Only errors'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help'
-complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from show" -l backend -d 'Firewall backend; default: the config\'s `rules.backend`, else auto (nftables)' -r -f -a "auto\t''
+complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from show" -l backend -d 'Firewall backend; default: the config\'s `rules.backend`, else auto: nftables when the kernel has it, unless lowport\'s iptables chains exist or legacy iptables NAT rules are in use (then iptables)' -r -f -a "auto\t''
 nftables\t''
 iptables\t''"
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from show" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F

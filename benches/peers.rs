@@ -275,7 +275,7 @@ fn start_peers() -> Vec<Peer> {
         let cfg = write_tmp(
             "haproxy.cfg",
             &format!(
-                "global\n  nbthread 1\n  maxconn 8000\n  tune.maxaccept 64\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10m\n  timeout server 10m\n  option splice-auto\n  maxconn 8000\nlisten p\n  bind 127.0.0.1:{port}\n  server s {b}\n"
+                "global\n  nbthread 1\n  maxconn 7000\n  tune.maxaccept 64\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10m\n  timeout server 10m\n  option splice-auto\n  maxconn 7000\nlisten p\n  bind 127.0.0.1:{port}\n  server s {b}\n"
             ),
         );
         let c = taskset_cpu1("haproxy")
@@ -855,6 +855,14 @@ fn main() {
     pin_self_to_cpu0();
     start_backend();
     let mut peers = start_peers();
+    // LOWPORT_BENCH_ONLY=name,name: only these rows (and direct), for profiling.
+    if let Ok(only) = std::env::var("LOWPORT_BENCH_ONLY") {
+        for p in peers.iter_mut().skip(1) {
+            if !only.split(',').any(|o| p.name.starts_with(o.trim())) {
+                p.skipped = Some("not selected (LOWPORT_BENCH_ONLY)".into());
+            }
+        }
+    }
 
     let (rounds, secs) = if quick() { (1, 0.5) } else { (3, 3.0) };
     let mut rows = vec![Row::default(); peers.len()];

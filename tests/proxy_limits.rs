@@ -156,3 +156,62 @@ fn over_1100_concurrent_connections_past_the_pipe_quota() {
     let status = proxy.status();
     assert!(status.contains("Uid:\t65534"), "{status}");
 }
+
+/// When no pipe can be had (here: RLIMIT_NOFILE leaves room for the
+/// connection's two sockets but not for a pipe's two ends), the proxy
+/// copies through user space instead — every byte still arrives, in both
+/// directions with half-close, and each fallback is counted.
+#[test]
+fn copy_fallback_without_pipes_is_byte_exact_and_counted() {
+    if !require_root("copy_fallback_without_pipes_is_byte_exact_and_counted") {
+        return;
+    }
+    raise_nofile();
+    let ns = Netns::new("pxcopy");
+    let server = exchange_server(&ns, "127.0.0.1:8080", None, None);
+    let dir = temp_dir("copy");
+    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+
+    // How many fds does an idle proxy hold? (fds are numbered densely from
+    // 0, so the limit is that count plus what one connection needs.)
+    let (base, base_pipes) = {
+        let proxy = Launch::new(&ns, &cfg).start();
+        let fd_dir = format!("/proc/{}/fd", proxy.pid());
+        let n = std::fs::read_dir(fd_dir).expect("fd dir").count();
+        // stdout and stderr are pipes to this test already.
+        (n, proxy.pipe_fds())
+    };
+    let limit = base + 2;
+    let mut launch = Launch::new(&ns, &cfg);
+    launch.wrapper = vec![
+        "prlimit".into(),
+        format!("--nofile={limit}:{limit}"),
+        "--".into(),
+    ];
+    let proxy = launch.start();
+
+    let size = 8 << 20;
+    let r = ns.enter(move || exchange("127.0.0.1:9080".parse().expect("addr"), 7, size, size));
+    r.unwrap_or_else(|e| panic!("exchange through the copy path: {e}\n{}", proxy.log_text()));
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .verified
+            .load(Ordering::SeqCst)
+            == 1),
+        "server did not verify the request: {:?}",
+        server.failures.lock().expect("lock")
+    );
+    proxy.signal(libc::SIGUSR1);
+    let line = proxy.expect_line("counters (SIGUSR1)", Duration::from_secs(5));
+    let fallbacks: u64 = line
+        .split("splice_fallbacks=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no splice_fallbacks in {line}"));
+    assert!(
+        fallbacks > 0,
+        "the copy path was not taken (limit {limit}): {line}"
+    );
+    assert_eq!(proxy.pipe_fds(), base_pipes, "a pipe was created after all");
+}

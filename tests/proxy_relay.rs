@@ -459,3 +459,61 @@ fn ipv6_and_v4_mapped_clients() {
         );
     }
 }
+
+/// A half-closed connection lingers at most fin_timeout: the client shut
+/// its side, the backend never does, and the proxy ends the connection
+/// after fin_timeout — not before, and it counts it.
+#[test]
+fn fin_timeout_ends_a_half_closed_connection() {
+    if !require_root("fin_timeout_ends_a_half_closed_connection") {
+        return;
+    }
+    let ns = Netns::new("pxfin");
+    // A backend that reads to EOF, then holds its side open and silent.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _backend = spawn_in(&ns, move || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:8080").expect("bind");
+        tx.send(()).expect("ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        while conn.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+        std::thread::sleep(Duration::from_secs(10));
+        drop(conn);
+    });
+    rx.recv().expect("backend started");
+    let dir = temp_dir("fin");
+    let cfg = config(
+        &dir,
+        "  - listen: 9080\n    to: 8080\n",
+        "  fin_timeout: 800ms\n",
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+    let mut client = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+    client.write_all(b"bye").expect("write");
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    let start = Instant::now();
+    client
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("timeout");
+    let mut buf = [0u8; 8];
+    let ended = match client.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) if is_reset(&e) => true,
+        other => panic!("expected the proxy to end the connection, got {other:?}"),
+    };
+    let waited = start.elapsed();
+    assert!(ended);
+    assert!(
+        waited >= Duration::from_millis(700),
+        "ended after {waited:?}, before fin_timeout (800ms)"
+    );
+    assert!(
+        waited < Duration::from_secs(6),
+        "ended only after {waited:?}: fin_timeout (800ms) did not fire (the backend holds for 10 s)"
+    );
+    proxy.signal(libc::SIGUSR1);
+    let line = proxy.expect_line("counters (SIGUSR1)", Duration::from_secs(5));
+    assert!(line.contains("fin_timeouts=1"), "{line}");
+}

@@ -497,6 +497,48 @@ fn foreign_rule_is_reported_and_replaced(fl: Flavor) {
     fl.lowport_ok(&ns, &["rules", "show"]);
 }
 
+/// A restore the kernel (iptables-restore) rejects leaves the previous
+/// rules in place and serving.
+fn rejected_restore_leaves_the_old_rules_serving(fl: Flavor) {
+    use lowport::firewall::iptables::{Iptables, IptablesFlavor};
+    use lowport::firewall::{plan, Backend, FirewallError, SystemHost};
+    let mut lan = Lan::new("irej");
+    lan.host.start_backend("[::]:8080");
+    lan.host.start_backend("[::]:9090");
+    fl.lowport_ok(&lan.host, &["-m", "80:8080", "rules", "apply"]);
+    let before = fl.lowport_lines(&lan.host);
+    assert!(!before.is_empty());
+
+    let mapping = lowport::config::parse_spec("80:9090", 0).expect("spec");
+    let new = plan::plan(&[mapping], &SystemHost).expect("plan").rules;
+    let flavor = if fl.0 == "nft" {
+        IptablesFlavor::Nft
+    } else {
+        IptablesFlavor::Legacy
+    };
+    let result = lan.host.enter(move || {
+        let mut backend = Iptables::new(flavor);
+        backend.reject_next_restore_for_tests();
+        backend.apply(&new)
+    });
+    assert!(
+        matches!(result, Err(FirewallError::BatchRejected(_))),
+        "{result:?}"
+    );
+    assert_eq!(
+        fl.lowport_lines(&lan.host),
+        before,
+        "the rejected restore changed the rules"
+    );
+    assert_reaches(
+        &lan.remote,
+        &format!("{}:80", Lan::HOST_V4),
+        8080,
+        Some(Lan::REMOTE_V4),
+    );
+    assert_reaches(&lan.host, "127.0.0.1:80", 8080, None);
+}
+
 macro_rules! both_flavors {
     ($($test:ident),* $(,)?) => {
         mod nft {
@@ -533,6 +575,7 @@ both_flavors!(
     remote_target_forwards_and_masquerades,
     dry_run_is_the_restore_input,
     foreign_rule_is_reported_and_replaced,
+    rejected_restore_leaves_the_old_rules_serving,
 );
 
 /// `--backend auto` joins legacy iptables when legacy NAT rules are in

@@ -182,6 +182,8 @@ pub fn save(flavor: IptablesFlavor, family: Family, table: &str) -> io::Result<S
 #[derive(Debug, Clone)]
 pub struct Iptables {
     flavor: IptablesFlavor,
+    /// Tests only: make the next apply's restore input invalid.
+    reject_next_restore: bool,
 }
 
 /// What of lowport's is in one table of one family now.
@@ -218,7 +220,18 @@ impl FamilyState {
 impl Iptables {
     /// The backend for an explicit flavour.
     pub fn new(flavor: IptablesFlavor) -> Iptables {
-        Iptables { flavor }
+        Iptables {
+            flavor,
+            reject_next_restore: false,
+        }
+    }
+
+    /// For tests: the next `apply` sends its restore input with one more
+    /// rule, in the nat table, that jumps to a chain that does not exist, so
+    /// that iptables-restore rejects the table's COMMIT.
+    #[doc(hidden)]
+    pub fn reject_next_restore_for_tests(&mut self) {
+        self.reject_next_restore = true;
     }
 
     /// The backend for the flavour [`IptablesFlavor::detect`] picks.
@@ -743,7 +756,14 @@ impl Backend for Iptables {
 
     fn apply(&mut self, rules: &RuleSet) -> Result<(), FirewallError> {
         let states = self.states().map_err(FirewallError::List)?;
-        let inputs = self.render_all(rules, &states);
+        let mut inputs = self.render_all(rules, &states);
+        if std::mem::take(&mut self.reject_next_restore) {
+            if let Some((_, input)) = inputs.first_mut() {
+                if let Some(at) = input.rfind("COMMIT") {
+                    input.insert_str(at, "-A PREROUTING -j LOWPORT-NO-SUCH-CHAIN\n");
+                }
+            }
+        }
         for (i, (family, input)) in inputs.iter().enumerate() {
             tracing::debug!(%family, input = %input, "iptables-restore");
             self.restore(*family, input).map_err(|e| {

@@ -8,10 +8,8 @@ mod common;
 use common::*;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::Duration;
 
 fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -96,24 +94,6 @@ impl Flavor {
 }
 
 const FLAVORS: [Flavor; 2] = [Flavor("nft"), Flavor("legacy")];
-
-fn assert_reaches(from: &Netns, addr: &str, backend_port: u16, client_ip: Option<&str>) {
-    let banner = from
-        .tcp_banner(addr)
-        .unwrap_or_else(|e| panic!("{} -> {addr}: {e}", from.name));
-    assert!(
-        banner.contains(&format!(":{backend_port} peer ")),
-        "{addr} reached the wrong server: {banner}"
-    );
-    if let Some(ip) = client_ip {
-        assert!(
-            banner.contains(&format!("peer {ip}:"))
-                || banner.contains(&format!("peer [::ffff:{ip}]:"))
-                || banner.contains(&format!("peer [{ip}]:")),
-            "{addr}: backend saw the wrong client address: {banner}"
-        );
-    }
-}
 
 fn redirect_serves_remote_and_local_clients(fl: Flavor) {
     let mut lan = Lan::new(&format!("ir{}", &fl.0[..1]));
@@ -206,32 +186,10 @@ fn loopback_only_backend_is_reachable_but_guarded(fl: Flavor) {
     assert_reaches(&lan.host, "127.0.0.1:80", 8080, None);
     assert_reaches(&lan.host, &format!("{}:80", Lan::HOST_V4), 8080, None);
 
-    // A hostile neighbour routes 127.0.0.0/8 to the host. Its own
-    // 127.0.0.1 must go (both local routes and the address), or it would
-    // take the host's answers from 127.0.0.1 for its own address and drop
-    // them.
-    lan.remote
-        .ok("sysctl", &["-qw", "net.ipv4.conf.all.route_localnet=1"]);
-    lan.remote
-        .ok("ip", &["addr", "del", "127.0.0.1/8", "dev", "lo"]);
-    lan.remote.ok(
-        "ip",
-        &[
-            "route",
-            "add",
-            "127.0.0.0/8",
-            "via",
-            Lan::HOST_V4,
-            "dev",
-            "eth0",
-        ],
-    );
-    let direct: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
-    let attempt = || {
-        lan.remote.enter(move || {
-            std::net::TcpStream::connect_timeout(&direct, Duration::from_secs(1)).map(|_| ())
-        })
-    };
+    // A hostile neighbour routes 127.0.0.0/8 to the host and tries the
+    // backend directly.
+    lan.make_remote_route_loopback_to_host();
+    let attempt = || lan.remote_connects_to_host_loopback(8080);
     assert!(
         attempt().is_err(),
         "the guard let a neighbour reach 127.0.0.1:8080"

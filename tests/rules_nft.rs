@@ -18,39 +18,6 @@ fn example(name: &str) -> String {
         .to_string()
 }
 
-/// Run `lowport ARGS` in `ns`, assert success, return stdout.
-fn lowport_ok(ns: &Netns, args: &[&str]) -> String {
-    let out = ns.lowport(args);
-    assert!(
-        out.status.success(),
-        "lowport {args:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn assert_reaches(from: &Netns, addr: &str, backend_port: u16, client_ip: Option<&str>) {
-    let banner = from
-        .tcp_banner(addr)
-        .unwrap_or_else(|e| panic!("{} -> {addr}: {e}", from.name));
-    assert!(
-        banner.contains(&format!(":{backend_port} peer ")),
-        "{addr} reached the wrong server: {banner}"
-    );
-    if let Some(ip) = client_ip {
-        // The backend sees the client's real address (v4 ones v4-mapped
-        // when it listens on [::]).
-        assert!(
-            banner.contains(&format!("peer {ip}:"))
-                || banner.contains(&format!("peer [::ffff:{ip}]:"))
-                || banner.contains(&format!("peer [{ip}]:")),
-            "{addr}: backend saw the wrong client address: {banner}"
-        );
-    }
-}
-
 #[test]
 fn redirect_serves_remote_and_local_clients_over_v4_and_v6() {
     if !require_root("redirect_serves_remote_and_local_clients_over_v4_and_v6") {
@@ -64,10 +31,9 @@ fn redirect_serves_remote_and_local_clients_over_v4_and_v6() {
         .tcp_banner(&format!("{}:80", Lan::HOST_V4))
         .is_err());
 
-    let out = lowport_ok(
-        &lan.host,
-        &["-c", &example("01-web.yaml"), "rules", "apply"],
-    );
+    let out = lan
+        .host
+        .lowport_ok(&["-c", &example("01-web.yaml"), "rules", "apply"]);
     assert!(out.contains("installed"), "{out}");
 
     assert_reaches(
@@ -88,20 +54,20 @@ fn redirect_serves_remote_and_local_clients_over_v4_and_v6() {
     assert_reaches(&lan.host, &format!("[{}]:80", Lan::HOST_V6), 8080, None);
 
     // show reads the kernel: the mapping comes back with its name.
-    let show = lowport_ok(&lan.host, &["rules", "show"]);
+    let show = lan.host.lowport_ok(&["rules", "show"]);
     assert!(
         show.contains("web") && show.contains("*:80") && show.contains("this host:8080"),
         "{show}"
     );
     assert!(show.contains("remote+local"), "{show}");
 
-    lowport_ok(&lan.host, &["rules", "remove"]);
+    lan.host.lowport_ok(&["rules", "remove"]);
     assert!(lan.host.nft_table().is_none());
     assert!(lan
         .remote
         .tcp_banner(&format!("{}:80", Lan::HOST_V4))
         .is_err());
-    let show = lowport_ok(&lan.host, &["rules", "show"]);
+    let show = lan.host.lowport_ok(&["rules", "show"]);
     assert!(show.contains("no rules installed"), "{show}");
 }
 
@@ -116,7 +82,7 @@ fn hosts_own_outgoing_port_80_is_not_hijacked() {
     lan.remote
         .ok("sysctl", &["-qw", "net.ipv4.ip_unprivileged_port_start=0"]);
     lan.remote.start_backend("[::]:80");
-    lowport_ok(&lan.host, &["-m", "80:8080", "rules", "apply"]);
+    lan.host.lowport_ok(&["-m", "80:8080", "rules", "apply"]);
 
     for addr in [
         format!("{}:80", Lan::REMOTE_V4),
@@ -166,29 +132,8 @@ fn loopback_only_backend_is_reachable_but_guarded() {
 
     // A hostile neighbour routes 127.0.0.0/8 to the host and tries the
     // backend directly.
-    lan.remote
-        .ok("sysctl", &["-qw", "net.ipv4.conf.all.route_localnet=1"]);
-    // Its own 127.0.0.1 goes, so 127.0.0.0/8 really leaves through eth0.
-    lan.remote
-        .ok("ip", &["addr", "del", "127.0.0.1/8", "dev", "lo"]);
-    lan.remote.ok(
-        "ip",
-        &[
-            "route",
-            "add",
-            "127.0.0.0/8",
-            "via",
-            Lan::HOST_V4,
-            "dev",
-            "eth0",
-        ],
-    );
-    let direct: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-    let attempt = || {
-        lan.remote.enter(move || {
-            std::net::TcpStream::connect_timeout(&direct, Duration::from_secs(1)).map(|_| ())
-        })
-    };
+    lan.make_remote_route_loopback_to_host();
+    let attempt = || lan.remote_connects_to_host_loopback(8080);
     assert!(
         attempt().is_err(),
         "the guard let a neighbour reach 127.0.0.1:8080"
@@ -202,7 +147,7 @@ fn loopback_only_backend_is_reachable_but_guarded() {
         "the neighbour setup cannot reach 127.0.0.1 even unguarded"
     );
 
-    lowport_ok(&lan.host, &["rules", "remove"]);
+    lan.host.lowport_ok(&["rules", "remove"]);
     assert_eq!(lan.host.sysctl("net.ipv4.conf.all.route_localnet"), before);
 }
 
@@ -214,7 +159,8 @@ fn udp_mapping_and_retarget_forgets_old_flows() {
     let mut lan = Lan::new("udp");
     lan.host.start_backend("[::]:8443");
     lan.host.start_backend("[::]:9443");
-    lowport_ok(&lan.host, &["-m", "443:8443/udp", "rules", "apply"]);
+    lan.host
+        .lowport_ok(&["-m", "443:8443/udp", "rules", "apply"]);
 
     let target: SocketAddr = format!("{}:443", Lan::HOST_V4).parse().unwrap();
     // One client socket (one flow) across the re-apply.
@@ -232,7 +178,9 @@ fn udp_mapping_and_retarget_forgets_old_flows() {
     assert!(ask(&sock).contains(":8443 peer"), "first flow");
     assert!(lan.udp_v6_banner().contains(":8443 peer"));
 
-    let out = lowport_ok(&lan.host, &["-m", "443:9443/udp", "rules", "apply"]);
+    let out = lan
+        .host
+        .lowport_ok(&["-m", "443:9443/udp", "rules", "apply"]);
     assert!(
         out.contains("deleted"),
         "retarget should delete old UDP flows: {out}"
@@ -242,7 +190,7 @@ fn udp_mapping_and_retarget_forgets_old_flows() {
         "the old flow still went to the old target"
     );
 
-    lowport_ok(&lan.host, &["rules", "remove"]);
+    lan.host.lowport_ok(&["rules", "remove"]);
     let ct = lan
         .host
         .ok("conntrack", &["-L", "-p", "udp", "--orig-port-dst", "443"]);
@@ -275,18 +223,18 @@ fn reapply_is_identical_remove_is_idempotent_other_tables_untouched() {
     let other_before = ns.ok("nft", &["list", "table", "ip", "other"]);
 
     // Removing when nothing is installed succeeds.
-    lowport_ok(&ns, &["rules", "remove"]);
+    ns.lowport_ok(&["rules", "remove"]);
     let cfg = example("02-web-and-http3.yaml");
-    lowport_ok(&ns, &["-c", &cfg, "rules", "apply"]);
+    ns.lowport_ok(&["-c", &cfg, "rules", "apply"]);
     let first = ns.nft_table().expect("table after apply");
-    lowport_ok(&ns, &["-c", &cfg, "rules", "apply"]);
+    ns.lowport_ok(&["-c", &cfg, "rules", "apply"]);
     assert_eq!(
         ns.nft_table().as_deref(),
         Some(first.as_str()),
         "re-apply changed the ruleset"
     );
-    lowport_ok(&ns, &["rules", "remove"]);
-    lowport_ok(&ns, &["rules", "remove"]);
+    ns.lowport_ok(&["rules", "remove"]);
+    ns.lowport_ok(&["rules", "remove"]);
     assert!(ns.nft_table().is_none());
     assert_eq!(
         ns.ok("nft", &["list", "table", "ip", "other"]),
@@ -312,12 +260,9 @@ fn remote_target_is_refused_while_forwarding_is_off() {
     );
 
     // Allowed by the config: lowport turns it on, and off again on remove.
-    lowport_ok(
-        &ns,
-        &["-c", &example("05-remote-target.yaml"), "rules", "apply"],
-    );
+    ns.lowport_ok(&["-c", &example("05-remote-target.yaml"), "rules", "apply"]);
     assert_eq!(ns.sysctl("net.ipv4.ip_forward"), "1");
-    lowport_ok(&ns, &["rules", "remove"]);
+    ns.lowport_ok(&["rules", "remove"]);
     assert_eq!(ns.sysctl("net.ipv4.ip_forward"), "0");
 }
 
@@ -359,7 +304,8 @@ fn remote_target_forwards_and_masquerades() {
     upstream.start_backend("0.0.0.0:8080");
 
     let yaml = tempfile("fw.yaml", "mappings:\n  - name: upstream\n    listen: 80\n    to: \"10.232.0.2:8080\"\nrules:\n  enable_forwarding: true\n");
-    lowport_ok(&lan.host, &["-c", yaml.to_str().unwrap(), "rules", "apply"]);
+    lan.host
+        .lowport_ok(&["-c", yaml.to_str().unwrap(), "rules", "apply"]);
     let banner = lan
         .remote
         .tcp_banner(&format!("{}:80", Lan::HOST_V4))
@@ -369,7 +315,7 @@ fn remote_target_forwards_and_masquerades() {
         "{banner}"
     );
     assert_reaches(&lan.host, "127.0.0.1:80", 8080, None);
-    lowport_ok(&lan.host, &["rules", "remove"]);
+    lan.host.lowport_ok(&["rules", "remove"]);
     drop(upstream);
 }
 
@@ -393,7 +339,7 @@ fn golden_listings_match_the_kernel_for_every_example() {
         let path = entry.unwrap().path();
         let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
         let ns = Netns::new("gold");
-        lowport_ok(&ns, &["-c", path.to_str().unwrap(), "rules", "apply"]);
+        ns.lowport_ok(&["-c", path.to_str().unwrap(), "rules", "apply"]);
         let listing = ns.nft_table().expect("table");
         let golden = root.join("rules/golden").join(format!("{stem}.nft"));
         if bless {
@@ -409,10 +355,7 @@ fn golden_listings_match_the_kernel_for_every_example() {
         );
 
         // The dry run is a valid nft script that installs the same thing.
-        let script = lowport_ok(
-            &ns,
-            &["-c", path.to_str().unwrap(), "rules", "apply", "--dry-run"],
-        );
+        let script = ns.lowport_ok(&["-c", path.to_str().unwrap(), "rules", "apply", "--dry-run"]);
         let file = tempfile(&format!("{stem}.nft"), &script);
         let fresh = Netns::new("dry");
         fresh.ok("nft", &["-c", "-f", file.to_str().unwrap()]);
@@ -433,16 +376,13 @@ fn dry_run_changes_nothing() {
         return;
     }
     let ns = Netns::new("dryrun");
-    let script = lowport_ok(
-        &ns,
-        &[
-            "-c",
-            &example("04-loopback-backend.yaml"),
-            "rules",
-            "apply",
-            "--dry-run",
-        ],
-    );
+    let script = ns.lowport_ok(&[
+        "-c",
+        &example("04-loopback-backend.yaml"),
+        "rules",
+        "apply",
+        "--dry-run",
+    ]);
     assert!(script.contains("table inet lowport"), "{script}");
     assert!(script.contains("route_localnet=1"), "{script}");
     assert!(ns.nft_table().is_none());

@@ -130,6 +130,19 @@ impl Netns {
         c
     }
 
+    /// Run `lowport ARGS` inside, panic unless it succeeds; returns stdout.
+    pub fn lowport_ok(&self, args: &[&str]) -> String {
+        let out = self.lowport(args);
+        assert!(
+            out.status.success(),
+            "lowport {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Run `lowport ARGS` inside; returns the whole output.
     pub fn lowport(&self, args: &[&str]) -> Output {
         self.command(lowport_bin())
@@ -240,6 +253,27 @@ impl Drop for Netns {
     }
 }
 
+/// `from` reaches the test backend listening on `backend_port` through
+/// `addr`, and (when given) the backend saw the client's real address.
+pub fn assert_reaches(from: &Netns, addr: &str, backend_port: u16, client_ip: Option<&str>) {
+    let banner = from
+        .tcp_banner(addr)
+        .unwrap_or_else(|e| panic!("{} -> {addr}: {e}", from.name));
+    assert!(
+        banner.contains(&format!(":{backend_port} peer ")),
+        "{addr} reached the wrong server: {banner}"
+    );
+    if let Some(ip) = client_ip {
+        // v4 clients are v4-mapped when the backend listens on [::].
+        assert!(
+            banner.contains(&format!("peer {ip}:"))
+                || banner.contains(&format!("peer [::ffff:{ip}]:"))
+                || banner.contains(&format!("peer [{ip}]:")),
+            "{addr}: backend saw the wrong client address: {banner}"
+        );
+    }
+}
+
 /// Connect, read the banner, check an echo round trip.
 pub fn tcp_banner(addr: SocketAddr) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
@@ -318,5 +352,35 @@ impl Lan {
             ns.ok("ip", &["link", "set", "eth0", "up"]);
         }
         Lan { host, remote }
+    }
+
+    /// Make the remote a hostile neighbour that routes 127.0.0.0/8 to the
+    /// host. Its own 127.0.0.1 must go (address and local routes), or it
+    /// would answer itself and never send anything to the host.
+    pub fn make_remote_route_loopback_to_host(&self) {
+        self.remote
+            .ok("sysctl", &["-qw", "net.ipv4.conf.all.route_localnet=1"]);
+        self.remote
+            .ok("ip", &["addr", "del", "127.0.0.1/8", "dev", "lo"]);
+        self.remote.ok(
+            "ip",
+            &[
+                "route",
+                "add",
+                "127.0.0.0/8",
+                "via",
+                Self::HOST_V4,
+                "dev",
+                "eth0",
+            ],
+        );
+    }
+
+    /// From the remote, try the host's `127.0.0.1:port` directly (after
+    /// [`Lan::make_remote_route_loopback_to_host`]).
+    pub fn remote_connects_to_host_loopback(&self, port: u16) -> std::io::Result<()> {
+        let direct = SocketAddr::from(([127, 0, 0, 1], port));
+        self.remote
+            .enter(move || TcpStream::connect_timeout(&direct, Duration::from_secs(1)).map(|_| ()))
     }
 }

@@ -53,7 +53,8 @@ pub struct GlobalArgs {
     )]
     pub config: Option<PathBuf>,
 
-    /// Add a mapping, after the file's (repeatable). See MAPPINGS below.
+    /// Add a mapping, after the file's (repeatable): 80:8080, 0.0.0.0:80:127.0.0.1:8080,
+    /// [::]:443:[::1]:8443 (`lowport --help` lists the forms).
     #[arg(short = 'm', long = "map", value_name = "SPEC", global = true)]
     pub map: Vec<String>,
 

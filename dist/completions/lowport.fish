@@ -25,7 +25,7 @@ function __fish_lowport_using_subcommand
 end
 
 complete -c lowport -n "__fish_lowport_needs_command" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F
-complete -c lowport -n "__fish_lowport_needs_command" -s m -l map -d 'Add a mapping, after the file\'s (repeatable). See MAPPINGS below' -r
+complete -c lowport -n "__fish_lowport_needs_command" -s m -l map -d 'Add a mapping, after the file\'s (repeatable): 80:8080, 0.0.0.0:80:127.0.0.1:8080, [::]:443:[::1]:8443 (`lowport --help` lists the forms)' -r
 complete -c lowport -n "__fish_lowport_needs_command" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides'
 complete -c lowport -n "__fish_lowport_needs_command" -s q -l quiet -d 'Only errors'
 complete -c lowport -n "__fish_lowport_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -37,7 +37,7 @@ complete -c lowport -n "__fish_lowport_needs_command" -f -a "completions" -d 'Pr
 complete -c lowport -n "__fish_lowport_needs_command" -f -a "man" -d 'Print the man page, roff (for packagers; see dist/man)'
 complete -c lowport -n "__fish_lowport_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and not __fish_seen_subcommand_from apply remove show help" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F
-complete -c lowport -n "__fish_lowport_using_subcommand rules; and not __fish_seen_subcommand_from apply remove show help" -s m -l map -d 'Add a mapping, after the file\'s (repeatable). See MAPPINGS below' -r
+complete -c lowport -n "__fish_lowport_using_subcommand rules; and not __fish_seen_subcommand_from apply remove show help" -s m -l map -d 'Add a mapping, after the file\'s (repeatable): 80:8080, 0.0.0.0:80:127.0.0.1:8080, [::]:443:[::1]:8443 (`lowport --help` lists the forms)' -r
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and not __fish_seen_subcommand_from apply remove show help" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and not __fish_seen_subcommand_from apply remove show help" -s q -l quiet -d 'Only errors'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and not __fish_seen_subcommand_from apply remove show help" -s h -l help -d 'Print help'
@@ -49,7 +49,7 @@ complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_s
 nftables\t''
 iptables\t''"
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F
-complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -s m -l map -d 'Add a mapping, after the file\'s (repeatable). See MAPPINGS below' -r
+complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -s m -l map -d 'Add a mapping, after the file\'s (repeatable): 80:8080, 0.0.0.0:80:127.0.0.1:8080, [::]:443:[::1]:8443 (`lowport --help` lists the forms)' -r
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -l dry-run -d 'Print what would be sent (an `nft -f` script) and change nothing'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from apply" -s q -l quiet -d 'Only errors'
@@ -58,7 +58,7 @@ complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_s
 nftables\t''
 iptables\t''"
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F
-complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -s m -l map -d 'Add a mapping, after the file\'s (repeatable). See MAPPINGS below' -r
+complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -s m -l map -d 'Add a mapping, after the file\'s (repeatable): 80:8080, 0.0.0.0:80:127.0.0.1:8080, [::]:443:[::1]:8443 (`lowport --help` lists the forms)' -r
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -s q -l quiet -d 'Only errors'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help'
@@ -66,7 +66,7 @@ complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_s
 nftables\t''
 iptables\t''"
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from show" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F
-complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from show" -s m -l map -d 'Add a mapping, after the file\'s (repeatable). See MAPPINGS below' -r
+complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from show" -s m -l map -d 'Add a mapping, after the file\'s (repeatable): 80:8080, 0.0.0.0:80:127.0.0.1:8080, [::]:443:[::1]:8443 (`lowport --help` lists the forms)' -r
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from show" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from show" -s q -l quiet -d 'Only errors'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
@@ -75,23 +75,23 @@ complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_s
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from help" -f -a "show" -d 'Read lowport\'s rules back from the kernel and print them as mappings'
 complete -c lowport -n "__fish_lowport_using_subcommand rules; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c lowport -n "__fish_lowport_using_subcommand proxy" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F
-complete -c lowport -n "__fish_lowport_using_subcommand proxy" -s m -l map -d 'Add a mapping, after the file\'s (repeatable). See MAPPINGS below' -r
+complete -c lowport -n "__fish_lowport_using_subcommand proxy" -s m -l map -d 'Add a mapping, after the file\'s (repeatable): 80:8080, 0.0.0.0:80:127.0.0.1:8080, [::]:443:[::1]:8443 (`lowport --help` lists the forms)' -r
 complete -c lowport -n "__fish_lowport_using_subcommand proxy" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides'
 complete -c lowport -n "__fish_lowport_using_subcommand proxy" -s q -l quiet -d 'Only errors'
 complete -c lowport -n "__fish_lowport_using_subcommand proxy" -s h -l help -d 'Print help'
 complete -c lowport -n "__fish_lowport_using_subcommand check" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F
-complete -c lowport -n "__fish_lowport_using_subcommand check" -s m -l map -d 'Add a mapping, after the file\'s (repeatable). See MAPPINGS below' -r
+complete -c lowport -n "__fish_lowport_using_subcommand check" -s m -l map -d 'Add a mapping, after the file\'s (repeatable): 80:8080, 0.0.0.0:80:127.0.0.1:8080, [::]:443:[::1]:8443 (`lowport --help` lists the forms)' -r
 complete -c lowport -n "__fish_lowport_using_subcommand check" -l json -d 'Print the findings as JSON'
 complete -c lowport -n "__fish_lowport_using_subcommand check" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides'
 complete -c lowport -n "__fish_lowport_using_subcommand check" -s q -l quiet -d 'Only errors'
 complete -c lowport -n "__fish_lowport_using_subcommand check" -s h -l help -d 'Print help'
 complete -c lowport -n "__fish_lowport_using_subcommand completions" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F
-complete -c lowport -n "__fish_lowport_using_subcommand completions" -s m -l map -d 'Add a mapping, after the file\'s (repeatable). See MAPPINGS below' -r
+complete -c lowport -n "__fish_lowport_using_subcommand completions" -s m -l map -d 'Add a mapping, after the file\'s (repeatable): 80:8080, 0.0.0.0:80:127.0.0.1:8080, [::]:443:[::1]:8443 (`lowport --help` lists the forms)' -r
 complete -c lowport -n "__fish_lowport_using_subcommand completions" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides'
 complete -c lowport -n "__fish_lowport_using_subcommand completions" -s q -l quiet -d 'Only errors'
 complete -c lowport -n "__fish_lowport_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c lowport -n "__fish_lowport_using_subcommand man" -s c -l config -d 'YAML configuration file. Default: /etc/lowport/lowport.yaml, unless -m is given (then no file is read)' -r -F
-complete -c lowport -n "__fish_lowport_using_subcommand man" -s m -l map -d 'Add a mapping, after the file\'s (repeatable). See MAPPINGS below' -r
+complete -c lowport -n "__fish_lowport_using_subcommand man" -s m -l map -d 'Add a mapping, after the file\'s (repeatable): 80:8080, 0.0.0.0:80:127.0.0.1:8080, [::]:443:[::1]:8443 (`lowport --help` lists the forms)' -r
 complete -c lowport -n "__fish_lowport_using_subcommand man" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides'
 complete -c lowport -n "__fish_lowport_using_subcommand man" -s q -l quiet -d 'Only errors'
 complete -c lowport -n "__fish_lowport_using_subcommand man" -s h -l help -d 'Print help'

@@ -33,6 +33,37 @@ pub fn backend_bin() -> PathBuf {
     path
 }
 
+/// `path`, or a copy of it that an unprivileged user can execute: the
+/// tests run binaries as `nobody`, and a checkout under a private
+/// directory (such as /root, mode 700) is not reachable for that user.
+pub fn runnable_by_anyone(path: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let reachable = path.ancestors().skip(1).all(|dir| {
+        dir.as_os_str().is_empty()
+            || std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    });
+    if reachable {
+        return path.to_owned();
+    }
+    let dir = std::env::temp_dir().join(format!("lowport-test-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create dir for test binaries");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let copy = dir.join(path.file_name().expect("binary name"));
+    if !copy.exists() {
+        // Copy under another name, then rename: parallel tests of this
+        // process never run a half-written file.
+        let tmp = dir.join(format!(
+            "{}.{:?}",
+            copy.display(),
+            std::thread::current().id()
+        ));
+        std::fs::copy(path, &tmp).expect("copy test binary");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::rename(&tmp, &copy).expect("rename test binary");
+    }
+    copy
+}
+
 /// May this process run privileged tests (root, `ip netns` works)? Outside
 /// CI a missing privilege skips the test with a printed reason; with
 /// `CI=true` it fails it, so CI never passes a test that did not run.
@@ -186,7 +217,7 @@ impl Netns {
                 "--clear-groups",
                 "--inh-caps=-all",
             ])
-            .arg(backend_bin())
+            .arg(runnable_by_anyone(&backend_bin()))
             .arg(addr)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

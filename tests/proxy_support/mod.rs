@@ -102,7 +102,7 @@ impl<'a> Launch<'a> {
             ns,
             config,
             user: Some("nobody"),
-            binary: lowport_bin(),
+            binary: crate::common::runnable_by_anyone(&lowport_bin()),
             wrapper: Vec::new(),
             env: Vec::new(),
         }

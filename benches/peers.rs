@@ -499,10 +499,26 @@ fn kernel_kib() -> u64 {
 
 // ---------------------------------------------------------------- load
 
+/// How long a load generator waits on one read or write before it calls the
+/// peer broken (a peer that loses a byte would otherwise hang the run).
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn connect(port: u16) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_nodelay(true)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(s)
+}
+
+/// Read one whole answer, naming a stall for what it is.
+fn read_answer(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+    s.read_exact(buf).map_err(|e| {
+        std::io::Error::other(format!(
+            "no complete {}-byte answer within {IO_TIMEOUT:?} ({e}): the relay lost or held bytes",
+            buf.len()
+        ))
+    })
 }
 
 /// Bulk: `streams` connections each send for `secs` then close; returns
@@ -570,7 +586,7 @@ fn short_conns(port: u16, threads: usize, secs: f64) -> std::io::Result<(f64, f6
                     let mut s = connect(port)?;
                     s.write_all(&msg)?;
                     let mut buf = [0u8; REQ];
-                    s.read_exact(&mut buf)?;
+                    read_answer(&mut s, &mut buf)?;
                     drop(s);
                     lat.push(t.elapsed());
                 }
@@ -610,7 +626,7 @@ fn keepalive(port: u16, conns: usize, secs: f64) -> std::io::Result<(f64, f64)> 
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     s.write_all(&req)?;
-                    s.read_exact(&mut buf)?;
+                    read_answer(&mut s, &mut buf)?;
                     lat.push(t.elapsed());
                 }
                 count.fetch_add(lat.len() as u64, Ordering::Relaxed);

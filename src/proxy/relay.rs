@@ -1,6 +1,8 @@
-//! The relay between one client and its backend: socket → pipe → socket
-//! with splice(2), driven by tokio readiness, with a user-space copy when
-//! no pipe can be had. This module holds the crate's main `unsafe`.
+//! The relay between one client and its backend, driven by tokio readiness:
+//! small exchanges are copied through one per-thread buffer (a read and a
+//! write), bulk goes socket → pipe → socket with splice(2), and a copy
+//! stands in when no pipe can be had. Each direction picks its path by
+//! what its last read brought. This module holds the crate's main `unsafe`.
 //!
 //! The rules it keeps (DESIGN.md, "Proxy mode: the pitfalls"):
 //! - A socket's readiness is cleared only when *that socket* caused the
@@ -8,7 +10,10 @@
 //!   EAGAIN there is the socket's (a pipe fills by slots, not bytes: a
 //!   part-full pipe can refuse data). Splicing pipe → socket happens only
 //!   from a *non-empty* pipe, so an EAGAIN there is the socket's too.
-//!   `try_io` clears readiness exactly on those EAGAINs.
+//!   `try_io` clears readiness exactly on those EAGAINs. A *read* that comes
+//!   back short also clears it: TCP returns less than asked only when its
+//!   receive queue is empty (a pipe offers no such promise, so a short
+//!   splice does not).
 //! - The pipe is drained completely before the next read and before a FIN
 //!   is passed on; a pipe that may hold bytes is closed, never pooled.
 //! - A connection holds a pipe only while bytes are in it: waiting for data,
@@ -19,7 +24,8 @@
 //!   (SO_LINGER 0), never as a clean close; a FIN is passed on as
 //!   `shutdown(SHUT_WR)`, and the other direction goes on.
 
-use std::io;
+use std::cell::RefCell;
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,9 +40,16 @@ use tokio_util::sync::CancellationToken;
 use super::pipe::PipePool;
 use super::stats::Stats;
 
-/// Size of the user-space buffer used when splice cannot be (one chunk at a
-/// time, freed afterwards).
-const COPY_CHUNK: usize = 32 * 1024;
+/// Size of the user-space buffer a direction reads into while it moves
+/// small exchanges. A read that fills it marks the direction as bulk and
+/// moves it to splice; a splice that brings in less than this moves it back.
+/// One buffer per thread, never held across an await: an idle connection
+/// owns no buffer.
+const COPY_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    static COPY_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; COPY_CHUNK].into_boxed_slice());
+}
 
 /// One end of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,33 +221,74 @@ fn pass_fin(dst: &TcpStream, side: Side) -> Result<(), RelayError> {
         .map_err(err(side, "shut down writing to"))
 }
 
-/// One user-space chunk: read what is there, write all of it.
-/// `Ok(None)` is end of stream; `Ok(Some(0))` a spurious wake-up.
-async fn copy_chunk(
-    src: &TcpStream,
-    dst: &TcpStream,
-    dir: Direction,
-    ctx: &Ctx<'_>,
-) -> Result<Option<usize>, RelayError> {
+/// What one user-space read brought.
+enum Copied {
+    /// End of stream.
+    Eof,
+    /// Nothing there (a spurious wake-up); readiness is cleared.
+    Nothing,
+    /// `n` bytes read, all written on; `bulk` when they filled the buffer.
+    Moved { n: usize, bulk: bool },
+    /// `n` bytes read; `rest` could not be written yet (the destination is
+    /// full) and must be before anything else is read.
+    Pending { n: usize, rest: Vec<u8> },
+}
+
+/// Read what `src` holds into the thread's buffer and write it straight on:
+/// two syscalls for a small exchange, no pipe, nothing kept. A short read
+/// means the receive queue was empty at that moment, so the socket's
+/// readiness is cleared then (as tokio's own `poll_read` does): data that
+/// arrives later raises a new readiness event, and no EAGAIN read is spent
+/// finding out. Only the unwritten tail, if any, is copied to the heap.
+fn copy_step(src: &TcpStream, dst: &TcpStream, dir: Direction) -> Result<Copied, RelayError> {
     let (src_side, dst_side) = dir.sides();
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let n = match src.try_read(&mut buf) {
-        Ok(0) => return Ok(None),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(0)),
-        Err(e) => return Err(err(src_side, "read from")(e)),
-    };
-    ctx.activity.touch();
-    write_all(dst, &buf[..n])
-        .await
-        .map_err(err(dst_side, "write to"))?;
-    dir.counter(ctx.stats)
-        .fetch_add(n as u64, Ordering::Relaxed);
-    ctx.activity.touch();
-    Ok(Some(n))
+    COPY_BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        let len = buf.len();
+        let mut got = 0usize;
+        let read = src.try_io(Interest::READABLE, || {
+            let n = (&*socket2::SockRef::from(src)).read(&mut buf[..])?;
+            if n > 0 && n < len {
+                // Drained: report it as WouldBlock so try_io clears readiness.
+                got = n;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match read {
+            Ok(0) => return Ok(Copied::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match got {
+                0 => return Ok(Copied::Nothing),
+                n => n,
+            },
+            Err(e) => return Err(err(src_side, "read from")(e)),
+        };
+        let written = match dst.try_write(&buf[..n]) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(err(dst_side, "write to")(e)),
+        };
+        if written < n {
+            return Ok(Copied::Pending {
+                n,
+                rest: buf[written..n].to_vec(),
+            });
+        }
+        Ok(Copied::Moved { n, bulk: n == len })
+    })
 }
 
 /// Relay one direction until the source's FIN has been passed on.
+///
+/// Each direction picks the cheaper path by what it sees: it starts by
+/// copying (a request of a few hundred bytes costs one read and one write,
+/// where a splice costs two splices, a pipe from the pool and an EAGAIN
+/// splice to learn the socket is drained), and moves to splice once a read
+/// fills the whole copy buffer, which is where splice starts to win. A
+/// splice that brings in less than the buffer moves it back. The switch
+/// happens only between chunks, with the pipe empty and nothing pending,
+/// so no byte can overtake another.
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
@@ -244,24 +298,42 @@ async fn pump(
     let (src_side, dst_side) = dir.sides();
     let src_fd = src.as_raw_fd();
     let dst_fd = dst.as_raw_fd();
+    // False once splice itself refused this pair of sockets: copy for good.
     let mut can_splice = true;
+    let mut bulk = false;
     loop {
-        // Idle here: no pipe held.
+        // Idle here: no pipe and no buffer held.
         src.readable().await.map_err(err(src_side, "wait for"))?;
-        let mut pipe = match can_splice.then(|| ctx.pool.take()) {
-            Some(Ok(pipe)) => pipe,
-            Some(Err(e)) => {
-                // EMFILE/ENFILE: no pipe for now. Copy this chunk, try again next time.
-                ctx.stats.splice_fallback(&e);
-                if copy_chunk(src, dst, dir, ctx).await?.is_none() {
-                    return pass_fin(dst, dst_side);
+        if !bulk || !can_splice {
+            match copy_step(src, dst, dir)? {
+                Copied::Eof => return pass_fin(dst, dst_side),
+                Copied::Nothing => continue,
+                Copied::Moved { n, bulk: full } => {
+                    dir.counter(ctx.stats)
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    ctx.activity.touch();
+                    bulk = full;
                 }
-                continue;
+                Copied::Pending { n, rest } => {
+                    ctx.activity.touch();
+                    write_all(dst, &rest)
+                        .await
+                        .map_err(err(dst_side, "write to"))?;
+                    dir.counter(ctx.stats)
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    ctx.activity.touch();
+                    bulk = n == COPY_CHUNK;
+                }
             }
-            None => {
-                if copy_chunk(src, dst, dir, ctx).await?.is_none() {
-                    return pass_fin(dst, dst_side);
-                }
+            continue;
+        }
+        let mut pipe = match ctx.pool.take() {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                // EMFILE/ENFILE: no pipe for now. Copy this chunk; the next
+                // full one tries again.
+                ctx.stats.splice_fallback(&e);
+                bulk = false;
                 continue;
             }
         };
@@ -283,6 +355,8 @@ async fn pump(
             }
             Err(e) => return Err(err(src_side, "read from")(e)),
         }
+        // Small again: the next chunk is copied.
+        bulk = pipe.in_pipe >= COPY_CHUNK;
         ctx.activity.touch();
         // Drain completely before reading again or passing a FIN on. The pipe
         // is non-empty: an EAGAIN here can only be the destination's.

@@ -508,6 +508,8 @@ async fn accept_loop(
     const MAX_BACKOFF: Duration = Duration::from_secs(1);
     let mut backoff = Duration::ZERO;
     let mut failures = 0u64;
+    // One wait on `stop` for the loop's life, not one registration per accept.
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
         // Pause accepting at max_connections: clients wait in the backlog
         // instead of being refused.
@@ -516,11 +518,11 @@ async fn accept_loop(
                 Ok(p) => p,
                 Err(_) => return,
             },
-            () = stop.cancelled() => return,
+            () = &mut stopped => return,
         };
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            () = stop.cancelled() => return,
+            () = &mut stopped => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -558,7 +560,7 @@ async fn accept_loop(
                 }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    () = stop.cancelled() => return,
+                    () = &mut stopped => return,
                 }
             }
         }
@@ -596,12 +598,20 @@ async fn handle(
     let _active = ActiveGuard::new(&shared.stats);
     let settings = Arc::clone(&shared.settings.borrow());
     let _ = client.set_nodelay(true);
-    let local = match client.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            debug!("client gone before it was served: {e}");
-            return;
+    // The accepted socket's own address: only a PROXY header and the
+    // "this machine" target need it (one getsockname saved otherwise).
+    let needs_local = mapping.proxy_protocol != ProxyProtocol::Off
+        || matches!(mapping.target.host, TargetHost::Local);
+    let local = if needs_local {
+        match client.local_addr() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                debug!("client gone before it was served: {e}");
+                return;
+            }
         }
+    } else {
+        None
     };
     let connect = connect_backend(
         &mapping.target,
@@ -627,8 +637,8 @@ async fn handle(
     };
     let _ = backend.set_nodelay(true);
     debug!(backend = ?backend.peer_addr().ok(), "connected");
-    let header = proxy_protocol::header(mapping.proxy_protocol, peer, local);
-    if !header.is_empty() {
+    if let (ProxyProtocol::V1 | ProxyProtocol::V2, Some(local)) = (mapping.proxy_protocol, local) {
+        let header = proxy_protocol::header(mapping.proxy_protocol, peer, local);
         if let Err(e) = relay::write_all(&backend, &header).await {
             warn!("cannot send the PROXY header to the backend: {e}");
             inc(&shared.stats.resets);
@@ -678,7 +688,7 @@ async fn handle(
 /// Connect to each address of the target in turn, each with its own timeout.
 async fn connect_backend(
     target: &Target,
-    local: SocketAddr,
+    local: Option<SocketAddr>,
     timeout: Duration,
     stats: &Stats,
 ) -> Result<TcpStream, String> {
@@ -688,7 +698,7 @@ async fn connect_backend(
         TargetHost::Local => {
             let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
             let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port);
-            if unmap(local).is_ipv6() {
+            if local.is_some_and(|l| unmap(l).is_ipv6()) {
                 vec![v6, v4]
             } else {
                 vec![v4, v6]

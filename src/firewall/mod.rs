@@ -332,6 +332,9 @@ pub fn select_backend(
     }
 }
 
+/// What every chain the iptables backend makes starts with.
+const IPTABLES_CHAIN_PREFIX: &str = "LOWPORT-";
+
 /// What `--backend auto` picks, and why:
 /// 1. iptables, when lowport's iptables chains are installed (so `show` and
 ///    `remove` find what an earlier `--backend iptables` put there);
@@ -344,7 +347,19 @@ pub fn auto_choice() -> (crate::config::BackendChoice, String) {
     use crate::config::BackendChoice;
     use iptables::IptablesFlavor;
     for flavor in [IptablesFlavor::Legacy, IptablesFlavor::Nft] {
-        if flavor.holds_lowport_chains() {
+        let holds = match flavor {
+            // Asked over netlink: iptables-nft-save for two tables and two
+            // families is four processes, most of a `rules apply`'s time.
+            // The tools are the fallback if netlink cannot answer.
+            IptablesFlavor::Nft => match nft::iptables_nft_chains(&["nat", "raw"]) {
+                Ok(chains) => chains.iter().any(|c| c.starts_with(IPTABLES_CHAIN_PREFIX)),
+                Err(_) => flavor.holds_lowport_chains(),
+            },
+            // Legacy tables are looked up in /proc first: no process unless
+            // a legacy nat or raw table exists.
+            IptablesFlavor::Legacy => flavor.holds_lowport_chains(),
+        };
+        if holds {
             return (
                 BackendChoice::Iptables,
                 format!("lowport's chains are installed with iptables-{flavor}"),
@@ -410,5 +425,22 @@ pub fn nftables_supported() -> bool {
         Some(t) if t == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN => true,
         Some(NLMSG_ERROR) => error == Some(0),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_choice_knows_the_iptables_chain_names() {
+        for chain in [
+            iptables::CHAIN_PREROUTING,
+            iptables::CHAIN_OUTPUT,
+            iptables::CHAIN_POSTROUTING,
+            iptables::CHAIN_GUARD,
+        ] {
+            assert!(chain.starts_with(IPTABLES_CHAIN_PREFIX), "{chain}");
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! interleaved run, so machine drift hits every row alike.
 //!
 //! Run as root: `cargo bench --bench peers` (`LOWPORT_BENCH_QUICK=1` for a
-//! short smoke run). Everything runs inside a network namespace this
+//! short smoke run, `LOWPORT_BENCH_SECS=10` to lengthen each figure for a
+//! profiler, `LOWPORT_BENCH_ONLY=lowport,haproxy` for those rows and direct).
+//! Everything runs inside a network namespace this
 //! program makes, on its loopback; nothing touches the host's firewall.
 //! Peers missing from the machine are installed with apt-get when possible,
 //! else their row says why it is skipped.
@@ -880,7 +882,16 @@ fn main() {
         }
     }
 
-    let (rounds, secs) = if quick() { (1, 0.5) } else { (3, 3.0) };
+    // Five short rounds rather than three long ones: the median of five is
+    // far steadier on a 2-core VM, for the same total time.
+    let (rounds, mut secs) = if quick() { (1, 0.5) } else { (5, 2.0) };
+    // LOWPORT_BENCH_SECS=10: longer figures, to attach a profiler.
+    if let Some(s) = std::env::var("LOWPORT_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        secs = s;
+    }
     let mut rows = vec![Row::default(); peers.len()];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);

@@ -66,18 +66,21 @@ fn emfile_backs_off_and_recovers() {
     proxy.expect_line("accepting again", Duration::from_secs(10));
 }
 
-/// More than 1100 connections at once, all moving data, with the proxy as
-/// `nobody`: past the per-user pipe quota (fs.pipe-user-pages-soft) new
-/// pipes shrink to a page or two, and every byte must still arrive intact.
-/// The backend reads nothing until all are connected, so each connection
-/// holds a pipe with bytes in flight at the same time.
+/// 1400 connections at once, all moving data, with the proxy as `nobody`:
+/// past the per-user pipe quota (fs.pipe-user-pages-soft) new pipes shrink
+/// to a page or two, and every byte must still arrive intact. The backend
+/// reads nothing until all are connected, so at least 1100 connections
+/// hold a pipe with bytes in flight at the same time.
 #[test]
 fn over_1100_concurrent_connections_past_the_pipe_quota() {
     if !require_root("over_1100_concurrent_connections_past_the_pipe_quota") {
         return;
     }
     raise_nofile();
-    const N: u64 = 1150;
+    // Some connections' requests fit in socket buffers and hold no pipe at
+    // the moment of counting (small exchanges are copied, not spliced), so
+    // more connections than pipes are needed to have 1100 pipes in flight.
+    const N: u64 = 1400;
     let ns = Netns::new("pxmany");
     // A real network's MTU: on 64 KiB-MTU loopback the proxy's socket send
     // buffers alone would swallow every request and no pipe would be needed.
@@ -123,6 +126,7 @@ fn over_1100_concurrent_connections_past_the_pipe_quota() {
         peak = peak.max(proxy.pipe_fds());
         peak >= 2 * 1100
     });
+    eprintln!("peak pipes in flight: {}", peak / 2);
     assert!(
         peak >= 2 * 1100,
         "only {} pipes in flight at once; comm {:?} fds {}",

@@ -299,33 +299,7 @@ fn reapply_identical_remove_idempotent_others_untouched(fl: Flavor) {
 
 fn remote_target_forwards_and_masquerades(fl: Flavor) {
     let lan = Lan::new(&format!("if{}", &fl.0[..1]));
-    let mut upstream = Netns::new(&format!("ifu{}", &fl.0[..1]));
-    let (a, b) = (
-        format!("lpi{}{}", &fl.0[..1], std::process::id() % 100000),
-        format!("lpj{}{}", &fl.0[..1], std::process::id() % 100000),
-    );
-    sh(
-        "ip",
-        &[
-            "link",
-            "add",
-            &a,
-            "netns",
-            &lan.host.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &b,
-            "netns",
-            &upstream.name,
-        ],
-    );
-    lan.host
-        .ok("ip", &["addr", "add", "10.232.0.1/24", "dev", &a]);
-    lan.host.ok("ip", &["link", "set", &a, "up"]);
-    upstream.ok("ip", &["addr", "add", "10.232.0.2/24", "dev", &b]);
-    upstream.ok("ip", &["link", "set", &b, "up"]);
+    let mut upstream = lan.add_upstream(&format!("ifu{}", &fl.0[..1]));
     upstream.start_backend("0.0.0.0:8080");
 
     let yaml = tempfile(

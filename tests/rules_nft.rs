@@ -273,33 +273,7 @@ fn remote_target_forwards_and_masquerades() {
     }
     // client (remote) -> host:80 -> backend host 10.232.0.2:8080 on a second LAN.
     let lan = Lan::new("fw");
-    let mut upstream = Netns::new("fwu");
-    let (a, b) = (
-        format!("lpu{}", std::process::id() % 100000),
-        format!("lpv{}", std::process::id() % 100000),
-    );
-    sh(
-        "ip",
-        &[
-            "link",
-            "add",
-            &a,
-            "netns",
-            &lan.host.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &b,
-            "netns",
-            &upstream.name,
-        ],
-    );
-    lan.host
-        .ok("ip", &["addr", "add", "10.232.0.1/24", "dev", &a]);
-    lan.host.ok("ip", &["link", "set", &a, "up"]);
-    upstream.ok("ip", &["addr", "add", "10.232.0.2/24", "dev", &b]);
-    upstream.ok("ip", &["link", "set", &b, "up"]);
+    let mut upstream = lan.add_upstream("fwu");
     // No route back to the client's LAN: only masquerade makes replies work.
     upstream.start_backend("0.0.0.0:8080");
 

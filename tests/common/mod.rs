@@ -322,6 +322,23 @@ pub fn tcp_banner(addr: SocketAddr) -> std::io::Result<String> {
     Ok(banner.trim().to_owned())
 }
 
+/// A veth pair with one end in each namespace; returns the ends' names.
+fn veth(x: &Netns, y: &Netns) -> (String, String) {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let (a, b) = (
+        format!("lpa{}x{}", std::process::id() % 100000, n),
+        format!("lpb{}x{}", std::process::id() % 100000, n),
+    );
+    sh(
+        "ip",
+        &[
+            "link", "add", &a, "netns", &x.name, "type", "veth", "peer", "name", &b, "netns",
+            &y.name,
+        ],
+    );
+    (a, b)
+}
+
 /// Two namespaces joined by a veth pair: `host` (the machine lowport runs
 /// on) and `remote` (another machine on its LAN), with IPv4 and IPv6.
 pub struct Lan {
@@ -340,28 +357,7 @@ impl Lan {
     pub fn new(tag: &str) -> Lan {
         let host = Netns::new(&format!("{tag}h"));
         let remote = Netns::new(&format!("{tag}r"));
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let (a, b) = (
-            format!("lpa{}x{}", std::process::id() % 100000, n),
-            format!("lpb{}x{}", std::process::id() % 100000, n),
-        );
-        sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                &a,
-                "netns",
-                &host.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &b,
-                "netns",
-                &remote.name,
-            ],
-        );
+        let (a, b) = veth(&host, &remote);
         for (ns, dev, v4, v6) in [
             (&host, &a, Self::HOST_V4, Self::HOST_V6),
             (&remote, &b, Self::REMOTE_V4, Self::REMOTE_V6),
@@ -383,6 +379,22 @@ impl Lan {
             ns.ok("ip", &["link", "set", "eth0", "up"]);
         }
         Lan { host, remote }
+    }
+
+    /// A third host, `upstream`, on a second link from the host
+    /// (10.232.0.1 on the host, 10.232.0.2 upstream), with no route back to
+    /// the remote's LAN: only masquerade on the host makes replies work.
+    pub fn add_upstream(&self, tag: &str) -> Netns {
+        let upstream = Netns::new(tag);
+        let (a, b) = veth(&self.host, &upstream);
+        for (ns, dev, v4) in [
+            (&self.host, &a, "10.232.0.1"),
+            (&upstream, &b, "10.232.0.2"),
+        ] {
+            ns.ok("ip", &["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ns.ok("ip", &["link", "set", dev, "up"]);
+        }
+        upstream
     }
 
     /// Make the remote a hostile neighbour that routes 127.0.0.0/8 to the

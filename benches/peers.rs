@@ -145,30 +145,42 @@ fn ensure_packages() {
 
 // ---------------------------------------------------------------- backend
 
-/// Backend on CPU 0: the first byte of a connection picks its job.
+/// Backend on CPU 0: one event loop (a current-thread tokio runtime on its
+/// own thread), so that serving thousands of connections costs the load
+/// generator's core no thread switches. The first byte of a connection
+/// picks its job.
 /// `B`: sink everything until the client closes, counting it.
 /// `R`: answer every REQ-byte request with REQ bytes.
 /// `I`: idle; hold the connection until the client closes.
 fn start_backend() {
     let listener = TcpListener::bind(("127.0.0.1", BACKEND_PORT)).expect("backend bind");
+    listener.set_nonblocking(true).expect("non-blocking");
     std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            let _ = std::thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || serve(s));
-        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("backend runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("backend listener");
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(serve(s));
+            }
+        });
     });
 }
 
-fn serve(mut s: TcpStream) -> std::io::Result<()> {
+async fn serve(mut s: tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.set_nodelay(true)?;
-    let mut mode = [0u8; 1];
-    s.read_exact(&mut mode)?;
-    match mode[0] {
+    let mode = s.read_u8().await?;
+    match mode {
         b'B' => {
             let mut buf = vec![0u8; 256 * 1024];
             loop {
-                match s.read(&mut buf) {
+                match s.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => BULK_BYTES.fetch_add(n as u64, Ordering::Relaxed),
                 };
@@ -179,15 +191,15 @@ fn serve(mut s: TcpStream) -> std::io::Result<()> {
         b'R' => {
             let mut buf = [0u8; REQ];
             loop {
-                if s.read_exact(&mut buf).is_err() {
+                if s.read_exact(&mut buf).await.is_err() {
                     return Ok(());
                 }
-                s.write_all(&buf)?;
+                s.write_all(&buf).await?;
             }
         }
         _ => {
             let mut buf = [0u8; 16];
-            while s.read(&mut buf)? > 0 {}
+            while s.read(&mut buf).await? > 0 {}
             Ok(())
         }
     }

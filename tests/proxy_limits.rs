@@ -219,3 +219,27 @@ fn copy_fallback_without_pipes_is_byte_exact_and_counted() {
     );
     assert_eq!(proxy.pipe_fds(), base_pipes, "a pipe was created after all");
 }
+
+/// At start the proxy raises its soft RLIMIT_NOFILE to the hard limit
+/// (each busy connection needs two sockets and up to four pipe ends).
+#[test]
+fn soft_fd_limit_is_raised_to_the_hard_limit() {
+    if !require_root("soft_fd_limit_is_raised_to_the_hard_limit") {
+        return;
+    }
+    let ns = Netns::new("pxrlim");
+    let dir = temp_dir("rlimit");
+    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+    let mut launch = Launch::new(&ns, &cfg);
+    launch.wrapper = vec!["prlimit".into(), "--nofile=256:4096".into(), "--".into()];
+    let proxy = launch.start();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    assert_eq!(fields[3], "4096", "soft limit not raised: {line}");
+    assert_eq!(fields[4], "4096", "{line}");
+}

@@ -59,7 +59,9 @@ fn proxy_protocol_v1_and_v2_as_nginx_reads_them() {
     std::fs::write(
         &conf,
         format!(
-            "daemon off;\nuser nobody nogroup;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+            // One process (no master): killing it on drop leaves no
+            // orphaned worker behind in the deleted namespace.
+            "daemon off;\nmaster_process off;\nuser nobody nogroup;\npid {d}/nginx.pid;\n\
              error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
                fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\

@@ -154,10 +154,15 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// A `Command` that runs `program` inside this namespace.
+    /// A `Command` that runs `program` inside this namespace. lowport keeps
+    /// its sysctl ledger in a directory of this test process, not in the
+    /// host's /run/lowport.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
+        c.args(["netns", "exec", &self.name]).arg(program).env(
+            "LOWPORT_STATE_DIR",
+            std::env::temp_dir().join(format!("lowport-test-state-{}", std::process::id())),
+        );
         c
     }
 

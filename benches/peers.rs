@@ -583,29 +583,20 @@ fn p99_us(mut lat: Vec<Duration>) -> f64 {
     lat[(lat.len() * 99 / 100).min(lat.len() - 1)].as_secs_f64() * 1e6
 }
 
-/// Short connections: each does connect, one request, one answer, close.
-/// Returns (connections/s, p99 µs).
-fn short_conns(port: u16, threads: usize, secs: f64) -> std::io::Result<(f64, f64)> {
+/// Run `workers` copies of `work` (each told to stop through the flag) for
+/// `secs`, then return (operations/s, p99 µs) over every latency recorded.
+fn timed_workers(
+    workers: usize,
+    secs: f64,
+    work: impl Fn(Arc<AtomicBool>) -> std::io::Result<Vec<Duration>> + Send + Sync + 'static,
+) -> std::io::Result<(f64, f64)> {
     let stop = Arc::new(AtomicBool::new(false));
+    let work = Arc::new(work);
     let start = Instant::now();
-    let handles: Vec<_> = (0..threads)
+    let handles: Vec<_> = (0..workers)
         .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || -> std::io::Result<Vec<Duration>> {
-                let mut lat = Vec::new();
-                let mut msg = [0u8; REQ + 1];
-                msg[0] = b'R';
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let mut s = connect(port)?;
-                    s.write_all(&msg)?;
-                    let mut buf = [0u8; REQ];
-                    read_answer(&mut s, &mut buf)?;
-                    drop(s);
-                    lat.push(t.elapsed());
-                }
-                Ok(lat)
-            })
+            let (stop, work) = (stop.clone(), work.clone());
+            std::thread::spawn(move || work(stop))
         })
         .collect();
     std::thread::sleep(Duration::from_secs_f64(secs));
@@ -621,46 +612,43 @@ fn short_conns(port: u16, threads: usize, secs: f64) -> std::io::Result<(f64, f6
     Ok((rate, p99_us(all)))
 }
 
+/// Short connections: each does connect, one request, one answer, close.
+/// Returns (connections/s, p99 µs).
+fn short_conns(port: u16, threads: usize, secs: f64) -> std::io::Result<(f64, f64)> {
+    timed_workers(threads, secs, move |stop| {
+        let mut lat = Vec::new();
+        let mut msg = [0u8; REQ + 1];
+        msg[0] = b'R';
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let mut s = connect(port)?;
+            s.write_all(&msg)?;
+            let mut buf = [0u8; REQ];
+            read_answer(&mut s, &mut buf)?;
+            drop(s);
+            lat.push(t.elapsed());
+        }
+        Ok(lat)
+    })
+}
+
 /// Keep-alive: `conns` connections doing request/answer ping-pong.
 /// Returns (requests/s, p99 µs).
 fn keepalive(port: u16, conns: usize, secs: f64) -> std::io::Result<(f64, f64)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let handles: Vec<_> = (0..conns)
-        .map(|_| {
-            let stop = stop.clone();
-            let count = count.clone();
-            std::thread::spawn(move || -> std::io::Result<Vec<Duration>> {
-                let mut s = connect(port)?;
-                s.write_all(b"R")?;
-                let mut lat = Vec::new();
-                let req = [7u8; REQ];
-                let mut buf = [0u8; REQ];
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    s.write_all(&req)?;
-                    read_answer(&mut s, &mut buf)?;
-                    lat.push(t.elapsed());
-                }
-                count.fetch_add(lat.len() as u64, Ordering::Relaxed);
-                Ok(lat)
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs_f64(secs));
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(
-            h.join()
-                .map_err(|_| std::io::Error::other("thread panicked"))??,
-        );
-    }
-    Ok((
-        all.len() as f64 / start.elapsed().as_secs_f64(),
-        p99_us(all),
-    ))
+    timed_workers(conns, secs, move |stop| {
+        let mut s = connect(port)?;
+        s.write_all(b"R")?;
+        let mut lat = Vec::new();
+        let req = [7u8; REQ];
+        let mut buf = [0u8; REQ];
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            s.write_all(&req)?;
+            read_answer(&mut s, &mut buf)?;
+            lat.push(t.elapsed());
+        }
+        Ok(lat)
+    })
 }
 
 /// Idle connections: open `n`, each sending one byte (so every relay has

@@ -7,7 +7,6 @@
 //! the two socket calls `mnl` does not wrap (`recv` with flags and a
 //! receive timeout).
 
-use std::collections::BTreeSet;
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
@@ -20,6 +19,7 @@ pub(crate) const NLMSG_DONE: u16 = 3;
 /// Request flags (`linux/netlink.h`).
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_ACK: u16 = 0x4;
+pub(crate) const NLM_F_EXCL: u16 = 0x200;
 pub(crate) const NLM_F_DUMP: u16 = 0x300;
 /// Attribute type bits that are flags, not the type (`NLA_F_NESTED`, ...).
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -66,6 +66,54 @@ impl<'a> Msg<'a> {
     fn error_code(&self) -> io::Result<i32> {
         read_i32(self.payload, 0).ok_or_else(|| malformed("short NLMSG_ERROR/DONE"))
     }
+}
+
+/// Raise `flags` on every message of type `ty` in a batch.
+pub(crate) fn add_flags(batch: &mut [u8], ty: u16, flags: u16) -> io::Result<()> {
+    let mut at_ty = Vec::new();
+    for msg in messages(batch) {
+        let msg = msg?;
+        if msg.ty == ty {
+            // Offset of this message in `batch`: both borrow the same buffer.
+            at_ty.push(msg.raw.as_ptr() as usize - batch.as_ptr() as usize);
+        }
+    }
+    for at in at_ty {
+        set_flags(batch, at, |f| f | flags);
+    }
+    Ok(())
+}
+
+/// Rewrite the flags of the message that starts at `at`.
+fn set_flags(batch: &mut [u8], at: usize, f: impl Fn(u16) -> u16) {
+    let old = u16::from_ne_bytes([batch[at + 6], batch[at + 7]]);
+    batch[at + 6..at + 8].copy_from_slice(&f(old).to_ne_bytes());
+}
+
+/// Clear `NLM_F_ACK` on every message of a batch but the last one that
+/// asks for it, and return that message's sequence number (`None` when no
+/// message asks). Errors are reported for every message whether it asks
+/// for an ack or not, so one ack is enough to learn that the batch went
+/// through — where an ack per rule costs the kernel a message and lowport
+/// a `recv` each, a third of the time of a 1000-mapping apply.
+pub(crate) fn ack_last_only(batch: &mut [u8]) -> io::Result<Option<u32>> {
+    let mut acked: Vec<(usize, u32)> = Vec::new();
+    for msg in messages(batch) {
+        let msg = msg?;
+        let flags = read_u16(msg.raw, 6).unwrap_or(0);
+        if flags & NLM_F_ACK != 0 {
+            // Offset of this message in `batch`: both borrow the same buffer.
+            let at = msg.raw.as_ptr() as usize - batch.as_ptr() as usize;
+            acked.push((at, msg.seq));
+        }
+    }
+    let Some(&(_, last)) = acked.last() else {
+        return Ok(None);
+    };
+    for &(at, _) in &acked[..acked.len() - 1] {
+        set_flags(batch, at, |f| f & !NLM_F_ACK);
+    }
+    Ok(Some(last))
 }
 
 /// Split a receive buffer into messages; stops with an error at the first
@@ -250,17 +298,18 @@ impl Socket {
         })
     }
 
-    /// Make room for a batch of `len` bytes that `acks` messages will
-    /// answer. The batch must fit the send buffer whole (it cannot be
-    /// split), and every ack is its own skb in the receive queue (about
+    /// Make room for a batch of `len` bytes that up to `answers` messages
+    /// may answer (one ack, but an error for each message a bad batch
+    /// fails). The batch must fit the send buffer whole (it cannot be
+    /// split), and every answer is its own skb in the receive queue (about
     /// 1 KiB of accounting each, as nft reckons), which would otherwise
     /// overflow with ENOBUFS for a few hundred rules. Best-effort, like
     /// nft's own: a send or receive error still reports a failure.
-    pub fn fit_buffers(&self, len: usize, acks: usize) {
+    pub fn fit_buffers(&self, len: usize, answers: usize) {
         const DEFAULT: usize = 200 * 1024;
         for (opt, want) in [
             (libc::SO_SNDBUFFORCE, len.saturating_mul(2)),
-            (libc::SO_RCVBUFFORCE, acks.saturating_mul(1024)),
+            (libc::SO_RCVBUFFORCE, answers.saturating_mul(1024)),
         ] {
             if want <= DEFAULT {
                 continue;
@@ -326,22 +375,27 @@ impl Socket {
         Ok(Some(&self.buf[..n]))
     }
 
-    /// Wait until every message with a sequence number in `seqs` has been
-    /// acked. The first error the kernel reports is returned (as its errno);
-    /// after an error, answers already queued are drained but none are
-    /// waited for, since a failed batch may leave some messages unanswered.
-    pub fn wait_acks(&mut self, seqs: Range<u32>) -> io::Result<()> {
-        let mut pending: BTreeSet<u32> = seqs.collect();
+    /// Wait for the answer to a batch whose messages carry the sequence
+    /// numbers `seqs` and in which only the message `last` asks for an ack
+    /// (see [`ack_last_only`]). The kernel processes a batch within the
+    /// send and queues its answers in order, errors for any message before
+    /// the final ack, so the batch succeeded when `last` is acked with no
+    /// error before it. The first error is returned (as its errno); after
+    /// an error, answers already queued are drained but none are waited
+    /// for, since a failed batch may leave `last` unanswered.
+    pub fn wait_batch(&mut self, seqs: Range<u32>, last: u32) -> io::Result<()> {
+        let mut acked = false;
         let mut first_error: Option<i32> = None;
-        while !pending.is_empty() {
+        while !acked {
             let Some(buf) = self.recv(first_error.is_some())? else {
                 break;
             };
             for msg in messages(buf) {
                 let msg = msg?;
-                if msg.ty != NLMSG_ERROR || !pending.remove(&msg.seq) {
+                if msg.ty != NLMSG_ERROR || !seqs.contains(&msg.seq) {
                     continue;
                 }
+                acked |= msg.seq == last;
                 let code = msg.error_code()?;
                 if code < 0 && first_error.is_none() {
                     tracing::debug!(
@@ -433,6 +487,47 @@ mod tests {
         assert_eq!(attrs[0].data, b"lowport\0");
         assert_eq!(attrs[1].data, &[1, 2, 3]);
         assert_eq!(attrs[1].raw.len(), 7);
+    }
+
+    #[test]
+    fn only_the_last_acked_message_keeps_its_ack() {
+        let mut batch = Vec::new();
+        for (seq, flags) in [
+            (1, 0),
+            (2, NLM_F_ACK),
+            (3, NLM_F_ACK),
+            (4, NLM_F_ACK),
+            (5, 0),
+        ] {
+            batch.extend(Request::new(10, 1, flags, seq, 1).attr(1, b"abc").finish());
+        }
+        assert_eq!(ack_last_only(&mut batch).expect("well formed"), Some(4));
+        let acked: Vec<u32> = messages(&batch)
+            .map(|m| m.expect("well formed"))
+            .filter(|m| read_u16(m.raw, 6).unwrap_or(0) & NLM_F_ACK != 0)
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(acked, [4]);
+        // Everything else is untouched.
+        let seqs: Vec<u32> = messages(&batch).map(|m| m.expect("ok").seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+
+        let mut none = Request::new(10, 1, 0, 9, 1).finish();
+        assert_eq!(ack_last_only(&mut none).expect("well formed"), None);
+    }
+
+    #[test]
+    fn flags_are_raised_on_messages_of_one_type_only() {
+        let mut batch = Vec::new();
+        for (seq, msg) in [(1, 0), (2, 3), (3, 0)] {
+            batch.extend(Request::new(10, msg, NLM_F_ACK, seq, 1).finish());
+        }
+        add_flags(&mut batch, 10 << 8, NLM_F_EXCL).expect("well formed");
+        let flags: Vec<u16> = messages(&batch)
+            .map(|m| read_u16(m.expect("ok").raw, 6).unwrap_or(0))
+            .collect();
+        let base = NLM_F_REQUEST | NLM_F_ACK;
+        assert_eq!(flags, [base | NLM_F_EXCL, base, base | NLM_F_EXCL]);
     }
 
     #[test]

@@ -332,6 +332,60 @@ fn rejected_batch_leaves_the_old_rules_serving() {
 }
 
 #[test]
+fn a_first_install_creates_the_table_and_survives_a_race() {
+    if !require_root("a_first_install_creates_the_table_and_survives_a_race") {
+        return;
+    }
+    // Reference: the add/delete/add replace, as an apply without a prior list does.
+    let reference = Netns::new("nftcr0");
+    apply(&reference, &every_shape());
+    let want = reference.nft_table().expect("table");
+
+    // list() saw no table: apply creates it (no delete in the batch), and
+    // the kernel holds exactly what the replace would have made.
+    let ns = Netns::new("nftcr1");
+    let rules = every_shape();
+    let seen = with_nft(&ns, move |b| {
+        let seen = b.list().expect("list");
+        b.apply(&rules).expect("create");
+        seen
+    });
+    assert_eq!(seen, None);
+    assert_eq!(ns.nft_table().as_deref(), Some(want.as_str()));
+
+    // Someone makes the table between lowport's look and its batch: the
+    // exclusive create is refused and the table is replaced instead.
+    let raced = Netns::new("nftcr2");
+    let rules = every_shape();
+    let result = with_nft(&raced, move |b| {
+        let seen = b.list().expect("list");
+        let out = std::process::Command::new("nft")
+            .args(["add table inet lowport; add chain inet lowport foreign"])
+            .output()
+            .expect("run nft");
+        assert!(out.status.success(), "{out:?}");
+        (seen, b.apply(&rules))
+    });
+    assert_eq!(result.0, None);
+    result.1.expect("replace after the race");
+    assert_eq!(raced.nft_table().as_deref(), Some(want.as_str()));
+
+    // A create the kernel rejects leaves no table behind.
+    let rejected = Netns::new("nftcr3");
+    let rules = every_shape();
+    let err = with_nft(&rejected, move |b| {
+        assert_eq!(b.list().expect("list"), None);
+        b.reject_next_batch_for_tests();
+        b.apply(&rules)
+    });
+    match err {
+        Err(FirewallError::BatchRejected(e)) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT)),
+        other => panic!("expected BatchRejected, got {other:?}"),
+    }
+    assert_eq!(rejected.nft_table(), None);
+}
+
+#[test]
 fn foreign_rules_and_chains_are_reported() {
     if !require_root("foreign_rules_and_chains_are_reported") {
         return;

@@ -227,12 +227,26 @@ fn reapply_is_identical_remove_is_idempotent_other_tables_untouched() {
     let cfg = example("02-web-and-http3.yaml");
     ns.lowport_ok(&["-c", &cfg, "rules", "apply"]);
     let first = ns.nft_table().expect("table after apply");
+    // Handles tell a replaced table from the same one.
+    let handles = || ns.ok("nft", &["-a", "list", "table", "inet", "lowport"]);
+    let first_handles = handles();
     ns.lowport_ok(&["-c", &cfg, "rules", "apply"]);
     assert_eq!(
         ns.nft_table().as_deref(),
         Some(first.as_str()),
         "re-apply changed the ruleset"
     );
+    assert_eq!(
+        handles(),
+        first_handles,
+        "re-applying the same rules replaced them instead of leaving them"
+    );
+    // A changed mapping replaces the table: handles move on.
+    ns.lowport_ok(&["-m", "80:8081", "rules", "apply"]);
+    assert_ne!(handles(), first_handles);
+    assert!(ns.nft_table().expect("table").contains("redirect to :8081"));
+    ns.lowport_ok(&["-c", &cfg, "rules", "apply"]);
+    assert_eq!(ns.nft_table().as_deref(), Some(first.as_str()));
     ns.lowport_ok(&["rules", "remove"]);
     ns.lowport_ok(&["rules", "remove"]);
     assert!(ns.nft_table().is_none());

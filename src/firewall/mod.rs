@@ -127,12 +127,23 @@ pub fn apply(
             None
         }
     };
-    backend.apply(&plan.rules)?;
-    tracing::info!(
-        backend = backend.name(),
-        rules = plan.rules.nat.len(),
-        "rules installed"
-    );
+    // Already in place (a re-run at boot, a config management pass):
+    // replacing them would change nothing but cost a transaction.
+    let unchanged = before.as_ref() == Some(&plan.rules);
+    if unchanged {
+        tracing::info!(
+            backend = backend.name(),
+            rules = plan.rules.nat.len(),
+            "rules already in place; nothing replaced"
+        );
+    } else {
+        backend.apply(&plan.rules)?;
+        tracing::info!(
+            backend = backend.name(),
+            rules = plan.rules.nat.len(),
+            "rules installed"
+        );
+    }
 
     let mut ledger = sysctl::Ledger::open().map_err(sysctl_err("the sysctl ledger"))?;
     let sysctls = ledger
@@ -144,7 +155,8 @@ pub fn apply(
 
     let flows_deleted = forget_udp_flows(before.as_ref(), Some(&plan.rules));
 
-    let found = backend.list()?;
+    // Unchanged: `before` was that reading, taken a moment ago.
+    let found = if unchanged { before } else { backend.list()? };
     if found.as_ref() != Some(&plan.rules) {
         return Err(FirewallError::Verify {
             sent: Box::new(plan.rules.clone()),
@@ -235,20 +247,19 @@ pub fn format_rules(backend: &dyn Backend, rules: &RuleSet) -> String {
         "TARGET".into(),
         "CLIENTS".into(),
     ]];
-    // One row per mapping-rule, with the hooks it is on merged.
+    // One row per mapping-rule, with the hooks it is on merged, in the
+    // order the rules come (indexed: a thousand mappings are two thousand
+    // rules).
     let mut seen: Vec<(&plan::NatRule, Vec<plan::Hook>)> = Vec::new();
+    let mut index: std::collections::HashMap<_, usize> = std::collections::HashMap::new();
     for r in &rules.nat {
-        let same = |(o, _): &&mut (&plan::NatRule, Vec<plan::Hook>)| {
-            o.comment == r.comment
-                && o.l4 == r.l4
-                && o.family == r.family
-                && o.daddr == r.daddr
-                && o.dport == r.dport
-                && o.action == r.action
-        };
-        match seen.iter_mut().find(same) {
-            Some((_, hooks)) => hooks.push(r.hook),
-            None => seen.push((r, vec![r.hook])),
+        let key = (&r.comment, r.l4, r.family, r.daddr, r.dport, r.action);
+        match index.get(&key) {
+            Some(&i) => seen[i].1.push(r.hook),
+            None => {
+                index.insert(key, seen.len());
+                seen.push((r, vec![r.hook]));
+            }
         }
     }
     for (r, hooks) in seen {

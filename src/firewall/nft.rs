@@ -54,12 +54,32 @@ const REG1: u32 = libc::NFT_REG_1 as u32;
 const REG2: u32 = libc::NFT_REG_2 as u32;
 const NFPROTO_INET: u8 = libc::NFPROTO_INET as u8;
 const SUBSYS_NFTABLES: u8 = libc::NFNL_SUBSYS_NFTABLES as u8;
+/// Netlink message type of an nftables "new table" (subsystem << 8 | type).
+const NFT_MSG_NEWTABLE: u16 = (SUBSYS_NFTABLES as u16) << 8 | libc::NFT_MSG_NEWTABLE as u16;
 
 /// The nftables backend, over netlink (libnftnl + libmnl).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Nftables {
     /// Test hook: make the next batch one the kernel rejects.
     reject_next_batch: bool,
+    /// The last `list` found no table: `apply` may create it instead of
+    /// replacing it.
+    known_absent: bool,
+    /// The socket of the last batch, closed with the backend. Closing a
+    /// netfilter socket waits until the kernel has freed what the last
+    /// transaction deleted, an RCU grace period; kept open, that wait runs
+    /// alongside the sysctls and the read-back instead of before them.
+    batch_socket: Option<Socket>,
+}
+
+impl std::fmt::Debug for Nftables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nftables")
+            .field("reject_next_batch", &self.reject_next_batch)
+            .field("known_absent", &self.known_absent)
+            .field("batch_socket", &self.batch_socket.is_some())
+            .finish()
+    }
 }
 
 impl Nftables {
@@ -90,14 +110,76 @@ impl Backend for Nftables {
     fn apply(&mut self, rules: &RuleSet) -> Result<(), FirewallError> {
         validate(rules)?;
         let reject = std::mem::take(&mut self.reject_next_batch);
+        if std::mem::take(&mut self.known_absent) {
+            // No table a moment ago (a first install, a boot): create it
+            // without the delete. A transaction that deletes nothing leaves
+            // the kernel no old rules to free after an RCU grace period, a
+            // wait (8-25 ms here) that closing the socket would otherwise
+            // sit through. NLM_F_EXCL keeps it safe: if the table appeared
+            // since, the kernel refuses and it is replaced as usual.
+            match self.send(rules, Install::Create, reject) {
+                Err(FirewallError::BatchRejected(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                other => return other,
+            }
+        }
+        self.send(rules, Install::Replace, reject)
+    }
+
+    fn remove(&mut self) -> Result<(), FirewallError> {
         let table = lowport_table();
         let mut batch = Batch::new();
-        // Add, delete, add: creates the table if it is missing so that the
-        // delete cannot fail, and empties it if it exists — all inside the
-        // one transaction, so a rejected batch leaves the old rules serving.
+        // Adding first makes "no such table" impossible: removing nothing succeeds.
         batch.add(&table, MsgType::Add);
         batch.add(&table, MsgType::Del);
+        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
+        let sent = send_batch(&mut sock, &batch.finalize(), None);
+        self.batch_socket = Some(sock);
+        sent.map_err(FirewallError::Remove)
+    }
+
+    fn list(&mut self) -> Result<Option<RuleSet>, FirewallError> {
+        self.known_absent = false;
+        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
+        let Some((chains, rules)) = read_table(&mut sock).map_err(FirewallError::List)? else {
+            self.known_absent = true;
+            return Ok(None);
+        };
+        decode(&chains, &rules)
+            .map(Some)
+            .map_err(FirewallError::Foreign)
+    }
+
+    fn render(&self, rules: &RuleSet) -> String {
+        render(rules)
+    }
+}
+
+/// How a batch installs the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Install {
+    /// Add a table that must not exist yet (NLM_F_EXCL).
+    Create,
+    /// Add, delete, add: creates the table if it is missing so that the
+    /// delete cannot fail, and empties it if it exists — all inside the one
+    /// transaction, so a rejected batch leaves the old rules serving.
+    Replace,
+}
+
+impl Nftables {
+    /// Build the batch for `rules` and send it.
+    fn send(
+        &mut self,
+        rules: &RuleSet,
+        install: Install,
+        reject: bool,
+    ) -> Result<(), FirewallError> {
+        let table = lowport_table();
+        let mut batch = Batch::new();
         batch.add(&table, MsgType::Add);
+        if install == Install::Replace {
+            batch.add(&table, MsgType::Del);
+            batch.add(&table, MsgType::Add);
+        }
         let layout = layout(rules);
         let chains: Vec<Chain<'_>> = layout.iter().map(|(spec, _)| spec.chain(&table)).collect();
         for chain in &chains {
@@ -126,32 +208,14 @@ impl Backend for Nftables {
             });
             batch.add(&rule, MsgType::Add);
         }
-        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
-        send_batch(&mut sock, &batch.finalize()).map_err(FirewallError::BatchRejected)
-    }
-
-    fn remove(&mut self) -> Result<(), FirewallError> {
-        let table = lowport_table();
-        let mut batch = Batch::new();
-        // Adding first makes "no such table" impossible: removing nothing succeeds.
-        batch.add(&table, MsgType::Add);
-        batch.add(&table, MsgType::Del);
-        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
-        send_batch(&mut sock, &batch.finalize()).map_err(FirewallError::Remove)
-    }
-
-    fn list(&mut self) -> Result<Option<RuleSet>, FirewallError> {
-        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
-        let Some((chains, rules)) = read_table(&mut sock).map_err(FirewallError::List)? else {
-            return Ok(None);
+        let exclusive = match install {
+            Install::Create => Some(NFT_MSG_NEWTABLE),
+            Install::Replace => None,
         };
-        decode(&chains, &rules)
-            .map(Some)
-            .map_err(FirewallError::Foreign)
-    }
-
-    fn render(&self, rules: &RuleSet) -> String {
-        render(rules)
+        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
+        let sent = send_batch(&mut sock, &batch.finalize(), exclusive);
+        self.batch_socket = Some(sock);
+        sent.map_err(FirewallError::BatchRejected)
     }
 }
 
@@ -647,15 +711,22 @@ pub fn render(rules: &RuleSet) -> String {
 // Netlink: send, read back
 
 /// Send a finalized batch as one datagram (the kernel needs begin and end
-/// in the same message) and wait for every ack.
-fn send_batch(sock: &mut Socket, batch: &FinalizedBatch) -> io::Result<()> {
+/// in the same message) and wait for its answer: one ack, or the errors.
+/// Messages of type `exclusive` get NLM_F_EXCL (the crate has no way to ask).
+fn send_batch(sock: &mut Socket, batch: &FinalizedBatch, exclusive: Option<u16>) -> io::Result<()> {
     let mut bytes = Vec::new();
     for part in batch {
         bytes.extend_from_slice(part);
     }
+    if let Some(ty) = exclusive {
+        netlink::add_flags(&mut bytes, ty, netlink::NLM_F_EXCL)?;
+    }
+    let last = netlink::ack_last_only(&mut bytes)?
+        .ok_or_else(|| io::Error::other("netlink batch asks for no ack"))?;
+    // Room for an error per message too: a bad batch can fail many.
     sock.fit_buffers(bytes.len(), batch.sequence_numbers().len());
     sock.send(&bytes)?;
-    sock.wait_acks(batch.sequence_numbers())
+    sock.wait_batch(batch.sequence_numbers(), last)
 }
 
 /// The table's chains and rules, or `None` when there is no table.

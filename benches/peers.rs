@@ -4,7 +4,8 @@
 //!
 //! Run as root: `cargo bench --bench peers` (`LOWPORT_BENCH_QUICK=1` for a
 //! short smoke run, `LOWPORT_BENCH_SECS=10` to lengthen each figure for a
-//! profiler, `LOWPORT_BENCH_ONLY=lowport,haproxy` for those rows and direct).
+//! profiler, `LOWPORT_BENCH_ONLY=lowport,haproxy` for those rows and direct,
+//! `LOWPORT_BENCH_FIGURES=short,ka` for those figures only).
 //! Everything runs inside a network namespace this
 //! program makes, on its loopback; nothing touches the host's firewall.
 //! Peers missing from the machine are installed with apt-get when possible,
@@ -34,6 +35,12 @@ const REQ: usize = 64;
 
 // ---------------------------------------------------------------- setup
 
+/// `LOWPORT_BENCH_FIGURES=short,ka`: measure only these figures (bulk,
+/// short, ka, idle, rules), to attach a profiler to one kind of load.
+fn figure(name: &str) -> bool {
+    std::env::var("LOWPORT_BENCH_FIGURES").map_or(true, |f| f.split(',').any(|x| x.trim() == name))
+}
+
 fn quick() -> bool {
     std::env::var_os("LOWPORT_BENCH_QUICK").is_some()
 }
@@ -62,13 +69,16 @@ fn raise_nofile() {
 struct Netns(String);
 
 impl Netns {
-    fn enter_new() -> Netns {
-        let name = format!("lpbench-{}", std::process::id());
+    /// Make a namespace and move the calling thread into it; processes it
+    /// starts from then on live there too.
+    fn enter_new(tag: &str) -> Netns {
+        let name = format!("lpbench-{tag}-{}", std::process::id());
         run("ip", &["netns", "add", &name]);
         let file = std::fs::File::open(format!("/run/netns/{name}")).expect("netns file");
         use std::os::fd::AsRawFd;
-        // SAFETY: valid namespace fd; called before any thread is spawned,
-        // so the whole process (and every child) lives in the namespace.
+        // SAFETY: valid namespace fd. setns moves the calling thread only:
+        // the first call comes before any thread is spawned, so the whole
+        // process lives there; children inherit the caller's namespace.
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
         run("ip", &["link", "set", "lo", "up"]);
@@ -781,29 +791,41 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 fn rule_install_speed(rounds: usize) -> String {
     let mut out = String::from(
-        "| mappings | lowport rules apply | nft -f (same ruleset) | iptables-restore (same rules) | lowport / nft |\n|---:|---:|---:|---:|---:|\n",
+        "| mappings | lowport rules apply | nft -f (same ruleset) | iptables-restore (same rules) | lowport / nft \
+         | lowport, replacing | nft -f, replacing | lowport / nft | lowport, unchanged |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let bin = lowport_bin();
+    let apply = |cfg: &Path| {
+        let mut c = Command::new(&bin);
+        c.arg("-c").arg(cfg).args(["rules", "apply"]);
+        c
+    };
     for n in [1usize, 100, 1000] {
-        let mut yaml = String::from("mappings:\n");
-        for i in 0..n {
-            let _ = writeln!(yaml, "  - {{listen: {}, to: {}}}", 20000 + i, 40000 + i);
+        // Two rule sets of n mappings that differ in every target: the
+        // second one replaces the first.
+        let mut files = Vec::new();
+        for (tag, to) in [("a", 40000), ("b", 41000)] {
+            let mut yaml = String::from("mappings:\n");
+            for i in 0..n {
+                let _ = writeln!(yaml, "  - {{listen: {}, to: {}}}", 20000 + i, to + i);
+            }
+            let cfg = write_tmp(&format!("rules-{n}{tag}.yaml"), &yaml);
+            let dry = Command::new(&bin)
+                .arg("-c")
+                .arg(&cfg)
+                .args(["rules", "apply", "--dry-run"])
+                .output()
+                .expect("dry run");
+            let script = write_tmp(
+                &format!("rules-{n}{tag}.nft"),
+                &String::from_utf8_lossy(&dry.stdout),
+            );
+            files.push((cfg, script));
         }
-        let cfg = write_tmp(&format!("rules-{n}.yaml"), &yaml);
-        let dry = Command::new(&bin)
-            .args([
-                "-c",
-                cfg.to_str().unwrap_or_default(),
-                "rules",
-                "apply",
-                "--dry-run",
-            ])
-            .output()
-            .expect("dry run");
-        let script = write_tmp(
-            &format!("rules-{n}.nft"),
-            &String::from_utf8_lossy(&dry.stdout),
-        );
+        let [(cfg_a, nft_a), (cfg_b, nft_b)] = &files[..] else {
+            unreachable!("two rule sets");
+        };
         // iptables: the same redirects, prerouting and local output.
         let mut ipt = String::from("*nat\n:LOWPORT-PRE - [0:0]\n:LOWPORT-OUT - [0:0]\n-A PREROUTING -j LOWPORT-PRE\n-A OUTPUT -j LOWPORT-OUT\n");
         for i in 0..n {
@@ -817,35 +839,40 @@ fn rule_install_speed(rounds: usize) -> String {
         }
         ipt.push_str("COMMIT\n");
         let ipt_file = write_tmp(&format!("rules-{n}.ipt"), &ipt);
-        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let mut t: [Vec<f64>; 6] = Default::default();
         for _ in 0..rounds {
-            a.extend(time_cmd(Command::new(&bin).args([
-                "-c",
-                cfg.to_str().unwrap_or_default(),
-                "rules",
-                "apply",
-            ])));
+            // From nothing, as at boot; then replacing every rule; then
+            // the same rules again.
+            t[0].extend(time_cmd(&mut apply(cfg_a)));
+            t[3].extend(time_cmd(&mut apply(cfg_b)));
+            t[5].extend(time_cmd(&mut apply(cfg_b)));
             let _ = Command::new(&bin).args(["rules", "remove"]).output();
-            b.extend(time_cmd(Command::new("nft").arg("-f").arg(&script)));
+            t[1].extend(time_cmd(Command::new("nft").arg("-f").arg(nft_a)));
+            t[4].extend(time_cmd(Command::new("nft").arg("-f").arg(nft_b)));
             let _ = Command::new("nft")
                 .args(["delete", "table", "inet", "lowport"])
                 .output();
-            c.extend(time_cmd(Command::new("iptables-restore").arg(&ipt_file)));
+            t[2].extend(time_cmd(Command::new("iptables-restore").arg(&ipt_file)));
             let _ = Command::new("iptables").args(["-t", "nat", "-F"]).output();
             let _ = Command::new("iptables").args(["-t", "nat", "-X"]).output();
         }
         let ms = |v: Option<f64>| v.map_or("–".to_owned(), |s| format!("{:.1} ms", s * 1e3));
-        let (ma, mb, mc) = (median(a), median(b), median(c));
-        let ratio = match (ma, mb) {
+        let m: Vec<Option<f64>> = t.into_iter().map(median).collect();
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(x), Some(y)) => format!("{:.2}×", x / y),
             _ => "–".into(),
         };
         let _ = writeln!(
             out,
-            "| {n} | {} | {} | {} | {ratio} |",
-            ms(ma),
-            ms(mb),
-            ms(mc)
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            ms(m[0]),
+            ms(m[1]),
+            ms(m[2]),
+            ratio(m[0], m[1]),
+            ms(m[3]),
+            ms(m[4]),
+            ratio(m[3], m[4]),
+            ms(m[5]),
         );
     }
     out
@@ -869,7 +896,7 @@ fn main() {
     ensure_packages();
     raise_nofile();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let _ns = Netns::enter_new();
+    let _ns = Netns::enter_new("traffic");
     pin_self_to_cpu0();
     start_backend();
     let mut peers = start_peers();
@@ -902,6 +929,9 @@ fn main() {
             let pid = p.child.as_ref().map(|c| c.id());
             let result = (|| -> std::io::Result<()> {
                 for (streams, key) in [(1, "bulk1"), (4, "bulk4")] {
+                    if !figure("bulk") {
+                        break;
+                    }
                     let cpu0 = pid.map(cpu_seconds);
                     let t = Instant::now();
                     let bps = bulk(p.port, streams, secs)?;
@@ -913,12 +943,28 @@ fn main() {
                         }
                     }
                 }
-                let (rate, p99) = short_conns(p.port, 4, secs)?;
-                r.add("short_rate", rate);
-                r.add("short_p99", p99);
-                let (rate, p99) = keepalive(p.port, 32, secs)?;
-                r.add("ka_rate", rate);
-                r.add("ka_p99", p99);
+                // Per operation: the proxy's CPU µs over the operations done.
+                let cpu_us_per_op = |c0: Option<f64>, t: Instant, rate: f64| {
+                    Some((cpu_seconds(pid?) - c0?) * 1e6 / (rate * t.elapsed().as_secs_f64()))
+                };
+                if figure("short") {
+                    let (cpu0, t) = (pid.map(cpu_seconds), Instant::now());
+                    let (rate, p99) = short_conns(p.port, 4, secs)?;
+                    r.add("short_rate", rate);
+                    r.add("short_p99", p99);
+                    if let Some(us) = cpu_us_per_op(cpu0, t, rate) {
+                        r.add("short_cpu", us);
+                    }
+                }
+                if figure("ka") {
+                    let (cpu0, t) = (pid.map(cpu_seconds), Instant::now());
+                    let (rate, p99) = keepalive(p.port, 32, secs)?;
+                    r.add("ka_rate", rate);
+                    r.add("ka_p99", p99);
+                    if let Some(us) = cpu_us_per_op(cpu0, t, rate) {
+                        r.add("ka_cpu", us);
+                    }
+                }
                 Ok(())
             })();
             if let Err(e) = result {
@@ -929,7 +975,7 @@ fn main() {
     // Idle memory: once, after the traffic rounds (connections left by
     // them have drained by then).
     for (p, r) in peers.iter().zip(rows.iter_mut()) {
-        if p.skipped.is_some() || r.error.is_some() {
+        if p.skipped.is_some() || r.error.is_some() || !figure("idle") {
             continue;
         }
         for (n, keys) in [
@@ -955,6 +1001,7 @@ fn main() {
     let gbs = |v: f64| format!("{:.2} GB/s", v / 1e9);
     let num = |v: f64| format!("{v:.0}");
     let us = |v: f64| format!("{v:.0} µs");
+    let us1 = |v: f64| format!("{v:.1} µs");
     let kib = |v: f64| format!("{v:.1} KiB");
     let secs_fmt = |v: f64| format!("{v:.3} s");
     let fds = |v: f64| format!("{v:.1}");
@@ -993,6 +1040,12 @@ fn main() {
                 ratio: true,
             },
             Column {
+                key: "short_cpu",
+                title: "proxy CPU µs/conn",
+                fmt: us1,
+                ratio: false,
+            },
+            Column {
                 key: "ka_rate",
                 title: "keep-alive req/s",
                 fmt: num,
@@ -1003,6 +1056,12 @@ fn main() {
                 title: "keep-alive p99",
                 fmt: us,
                 ratio: true,
+            },
+            Column {
+                key: "ka_cpu",
+                title: "proxy CPU µs/req",
+                fmt: us1,
+                ratio: false,
             },
         ],
     );
@@ -1051,7 +1110,15 @@ fn main() {
     let _ = Command::new(lowport_bin())
         .args(["rules", "remove"])
         .output();
-    let rules = rule_install_speed(if quick() { 1 } else { 5 });
+    let rules = if figure("rules") {
+        // A fresh namespace: the traffic figures leave hundreds of thousands
+        // of conntrack entries behind, and the kernel walks them when a NAT
+        // chain goes away, which would time the namespace, not the tools.
+        let _rules_ns = Netns::enter_new("rules");
+        rule_install_speed(if quick() { 3 } else { 11 })
+    } else {
+        "not measured (LOWPORT_BENCH_FIGURES)\n".to_owned()
+    };
 
     let kernel = run("uname", &["-r"]);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -1069,7 +1136,10 @@ fn main() {
          Ratios are to \"direct\" (client straight to the backend).\n\n## Traffic\n\n{traffic}\n\
          ## Idle connections\n\nPer connection, after 1000 and 3000 idle connections (each moved one byte first). \
          Kernel memory: slab, kernel stacks, page tables and TCP buffers, machine-wide delta — it includes the client's and backend's sockets, so compare rows, not absolutes.\n\n{memory}\n\
-         ## Rule installation (process start to exit, median)\n\n{rules}",
+         ## Rule installation (process start to exit, median)\n\n\
+         In a fresh namespace. \"lowport rules apply\", nft and iptables-restore start with no rules (as at boot); \
+         \"replacing\" applies a second rule set with every target changed over the first; \"unchanged\" applies the same rules again. \
+         lowport also reads the rules back and compares them after each change; nft and iptables-restore do not.\n\n{rules}",
         date.trim(),
         cpus,
         cpu,

@@ -54,6 +54,9 @@ fn bind_one(addr: SocketAddr, v6only: Option<bool>) -> io::Result<std::net::TcpL
     }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    // Accepted sockets inherit it: one setsockopt per listener instead of
+    // one per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
@@ -103,6 +106,8 @@ pub fn take_activated() -> (Vec<Activated>, Vec<String>) {
             if socket.r#type()? != Type::STREAM || !socket.is_listener()? {
                 return Err(io::Error::other("not a listening stream socket"));
             }
+            // Inherited by every accepted socket; refused by anything not TCP.
+            socket.set_tcp_nodelay(true)?;
             socket
                 .local_addr()?
                 .as_socket()
@@ -157,6 +162,17 @@ mod tests {
         assert!(!activated_matches(&listen(None, 81), any6));
         assert!(activated_matches(&listen(Some("127.0.0.1"), 80), lo));
         assert!(!activated_matches(&listen(Some("127.0.0.1"), 80), any4));
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        // The proxy sets TCP_NODELAY once on the listener and relies on
+        // Linux copying it to each accepted socket.
+        let l = bind_one("127.0.0.1:0".parse().expect("addr"), None).expect("bind");
+        l.set_nonblocking(false).expect("blocking");
+        let _c = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        assert!(s.nodelay().expect("getsockopt"));
     }
 
     #[test]

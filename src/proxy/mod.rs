@@ -597,7 +597,7 @@ async fn handle(
 ) {
     let _active = ActiveGuard::new(&shared.stats);
     let settings = Arc::clone(&shared.settings.borrow());
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY: inherited from the listener (see listen.rs).
     // The accepted socket's own address: only a PROXY header and the
     // "this machine" target need it (one getsockname saved otherwise).
     let needs_local = mapping.proxy_protocol != ProxyProtocol::Off

@@ -22,13 +22,14 @@
 //!   `usize::MAX` (EINVAL on some kernels).
 //! - A reset or I/O error on either side is passed to the other as a reset
 //!   (SO_LINGER 0), never as a clean close; a FIN is passed on as
-//!   `shutdown(SHUT_WR)`, and the other direction goes on.
+//!   `shutdown(SHUT_WR)`, and the other direction goes on. The second FIN
+//!   is sent by the close that ends the connection.
 
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +141,8 @@ struct Ctx<'a> {
     pool: &'a Arc<PipePool>,
     stats: &'a Stats,
     activity: &'a Activity,
+    /// Set by the first direction to reach end of stream.
+    one_done: &'a AtomicBool,
 }
 
 /// Which way bytes flow.
@@ -214,8 +217,14 @@ pub async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Pass a FIN on: no more bytes will go to `dst`.
-fn pass_fin(dst: &TcpStream, side: Side) -> Result<(), RelayError> {
+/// Pass a FIN on: no more bytes will go to `dst`. When the other direction
+/// has already ended, both receive queues have been read to their end, so
+/// the close that follows at once sends this FIN (after any bytes still
+/// queued) and the shutdown call is saved.
+fn pass_fin(dst: &TcpStream, side: Side, ctx: &Ctx<'_>) -> Result<(), RelayError> {
+    if ctx.one_done.swap(true, Ordering::Relaxed) {
+        return Ok(());
+    }
     socket2::SockRef::from(dst)
         .shutdown(std::net::Shutdown::Write)
         .map_err(err(side, "shut down writing to"))
@@ -301,12 +310,15 @@ async fn pump(
     // False once splice itself refused this pair of sockets: copy for good.
     let mut can_splice = true;
     let mut bulk = false;
+    // The last splice brought in an ordinary pipe's worth or more: ask for
+    // a bulk-sized pipe next.
+    let mut fills_pipe = false;
     loop {
         // Idle here: no pipe and no buffer held.
         src.readable().await.map_err(err(src_side, "wait for"))?;
         if !bulk || !can_splice {
             match copy_step(src, dst, dir)? {
-                Copied::Eof => return pass_fin(dst, dst_side),
+                Copied::Eof => return pass_fin(dst, dst_side, ctx),
                 Copied::Nothing => continue,
                 Copied::Moved { n, bulk: full } => {
                     dir.counter(ctx.stats)
@@ -327,7 +339,7 @@ async fn pump(
             }
             continue;
         }
-        let mut pipe = match ctx.pool.take() {
+        let mut pipe = match ctx.pool.take(fills_pipe) {
             Ok(pipe) => pipe,
             Err(e) => {
                 // EMFILE/ENFILE: no pipe for now. Copy this chunk; the next
@@ -343,9 +355,12 @@ async fn pump(
         match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w, capacity)) {
             Ok(0) => {
                 drop(pipe); // empty: back to the pool
-                return pass_fin(dst, dst_side);
+                return pass_fin(dst, dst_side, ctx);
             }
-            Ok(n) => pipe.in_pipe = n,
+            Ok(n) => {
+                pipe.in_pipe = n;
+                fills_pipe = n >= ctx.pool.ordinary_size();
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if splice_unsupported(&e) => {
                 // Nothing entered the pipe: a copy loses nothing.
@@ -388,8 +403,10 @@ pub fn arm_reset(s: &TcpStream) {
 }
 
 /// Relay both directions until both are closed, one fails, a timeout runs
-/// out or `cancel` fires. The caller closes the sockets (arming a reset with
-/// [`arm_reset`] for [`Outcome::Failed`] and [`Outcome::Shutdown`]).
+/// out or `cancel` fires. The caller closes the sockets at once (arming a
+/// reset with [`arm_reset`] for [`Outcome::Failed`] and
+/// [`Outcome::Shutdown`]); on [`Outcome::Closed`] that close is what sends
+/// the second FIN.
 pub async fn relay(
     client: &TcpStream,
     backend: &TcpStream,
@@ -399,10 +416,12 @@ pub async fn relay(
     cancel: &CancellationToken,
 ) -> Outcome {
     let activity = Activity::new();
+    let one_done = AtomicBool::new(false);
     let ctx = Ctx {
         pool,
         stats,
         activity: &activity,
+        one_done: &one_done,
     };
     let mut to_backend = pin!(pump(client, backend, Direction::ToBackend, &ctx));
     let mut to_client = pin!(pump(backend, client, Direction::ToClient, &ctx));

@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ProxySettings};
 use crate::mapping::{Listen, Mapping, ProxyProtocol, Target, TargetHost};
@@ -532,11 +532,10 @@ async fn accept_loop(
                 }
                 backoff = Duration::ZERO;
                 let m = Arc::clone(&mapping.borrow());
-                let span = tracing::info_span!("conn", client = %unmap(peer), mapping = %m.label());
                 let shared2 = Arc::clone(&shared);
                 shared
                     .tracker
-                    .spawn(handle(stream, peer, m, shared2, permit).instrument(span));
+                    .spawn(handle(stream, peer, m, shared2, permit));
             }
             Err(e) => {
                 inc(&shared.stats.accept_errors);
@@ -588,6 +587,16 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
+/// A log event about one connection, naming its client and mapping. Fields
+/// are evaluated only when the level is enabled: unlike a span per
+/// connection, nothing is formatted or allocated for a connection that
+/// logs nothing.
+macro_rules! conn_log {
+    ($level:ident, $peer:expr, $mapping:expr, $($arg:tt)+) => {
+        tracing::$level!(client = %unmap($peer), mapping = %$mapping.label(), $($arg)+)
+    };
+}
+
 async fn handle(
     client: TcpStream,
     peer: SocketAddr,
@@ -606,7 +615,12 @@ async fn handle(
         match client.local_addr() {
             Ok(a) => Some(a),
             Err(e) => {
-                debug!("client gone before it was served: {e}");
+                conn_log!(
+                    debug,
+                    peer,
+                    mapping,
+                    "client gone before it was served: {e}"
+                );
                 return;
             }
         }
@@ -626,7 +640,10 @@ async fn handle(
     let backend = match backend {
         Ok(b) => b,
         Err(why) => {
-            warn!(
+            conn_log!(
+                warn,
+                peer,
+                mapping,
                 "no backend for {}: {why}; closing the client",
                 mapping.target
             );
@@ -636,11 +653,16 @@ async fn handle(
         }
     };
     let _ = backend.set_nodelay(true);
-    debug!(backend = ?backend.peer_addr().ok(), "connected");
+    conn_log!(debug, peer, mapping, backend = ?backend.peer_addr().ok(), "connected");
     if let (ProxyProtocol::V1 | ProxyProtocol::V2, Some(local)) = (mapping.proxy_protocol, local) {
         let header = proxy_protocol::header(mapping.proxy_protocol, peer, local);
         if let Err(e) = relay::write_all(&backend, &header).await {
-            warn!("cannot send the PROXY header to the backend: {e}");
+            conn_log!(
+                warn,
+                peer,
+                mapping,
+                "cannot send the PROXY header to the backend: {e}"
+            );
             inc(&shared.stats.resets);
             relay::arm_reset(&client);
             relay::arm_reset(&backend);
@@ -661,24 +683,35 @@ async fn handle(
     )
     .await;
     match outcome {
-        Outcome::Closed => debug!("closed"),
+        Outcome::Closed => conn_log!(debug, peer, mapping, "closed"),
         Outcome::IdleTimeout => {
             inc(&shared.stats.idle_timeouts);
-            debug!("idle for {:?}: closed", timeouts.idle);
+            conn_log!(debug, peer, mapping, "idle for {:?}: closed", timeouts.idle);
         }
         Outcome::FinTimeout => {
             inc(&shared.stats.fin_timeouts);
-            debug!("half-closed for {:?}: closed", timeouts.fin);
+            conn_log!(
+                debug,
+                peer,
+                mapping,
+                "half-closed for {:?}: closed",
+                timeouts.fin
+            );
         }
         Outcome::Failed(e) => {
             inc(&shared.stats.resets);
-            debug!("{e}: resetting both sides");
+            conn_log!(debug, peer, mapping, "{e}: resetting both sides");
             relay::arm_reset(&client);
             relay::arm_reset(&backend);
         }
         Outcome::Shutdown => {
             inc(&shared.stats.shutdown_resets);
-            debug!("shutdown_timeout ran out: resetting both sides");
+            conn_log!(
+                debug,
+                peer,
+                mapping,
+                "shutdown_timeout ran out: resetting both sides"
+            );
             relay::arm_reset(&client);
             relay::arm_reset(&backend);
         }

@@ -87,6 +87,10 @@ impl Netns {
             ("net.ipv4.tcp_tw_reuse", "1"),
             ("net.core.somaxconn", "8192"),
             ("net.ipv4.tcp_max_syn_backlog", "8192"),
+            // Closed connections leave orphaned sockets in FIN_WAIT2 for
+            // this long; they would still be freed during the next row's
+            // idle-memory figure (one once came out negative).
+            ("net.ipv4.tcp_fin_timeout", "2"),
         ] {
             let _ = Command::new("sysctl")
                 .args(["-qw", &format!("{k}={v}")])
@@ -196,6 +200,27 @@ async fn serve(mut s: tokio::net::TcpStream) -> std::io::Result<()> {
                 };
             }
             BULK_DONE.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        b'H' => {
+            // Half-close: count what comes until the client's FIN, then
+            // answer with the count (only a relay that passes the FIN on
+            // and keeps the other direction open lets it through).
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            loop {
+                match s.read(&mut buf).await? {
+                    0 => break,
+                    n => total += n as u64,
+                }
+            }
+            s.write_all(&total.to_be_bytes()).await?;
+            Ok(())
+        }
+        b'X' => {
+            // Reset: answer the first byte with a RST.
+            let _ = s.read_u8().await?;
+            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
             Ok(())
         }
         b'R' => {
@@ -498,8 +523,38 @@ fn fd_count(root: u32) -> usize {
         .sum()
 }
 
-/// Kernel memory that grows with sockets: slab plus TCP buffer pages.
+/// Kernel memory that grows with connections: the slab caches sockets,
+/// their files, epoll entries, pipes and kmalloc use (not the dentry and
+/// inode caches of the whole machine, which the kernel shrinks and grows on
+/// its own and which once made a row negative), TCP buffer pages, and the
+/// kernel stacks and page tables of processes (socat forks one per
+/// connection).
 fn kernel_kib() -> u64 {
+    const CACHES: &[&str] = &[
+        "TCP",
+        "TCPv6",
+        "sock_inode_cache",
+        "eventpoll_epi",
+        "eventpoll_pwq",
+        "filp",
+        "pipe_inode_info",
+        "skbuff_head_cache",
+        "skbuff_small_head",
+        "skbuff_fclone_cache",
+    ];
+    let slabinfo = std::fs::read_to_string("/proc/slabinfo").unwrap_or_default();
+    let slab_bytes: u64 = slabinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let name = *f.first()?;
+            if !(CACHES.contains(&name) || name.starts_with("kmalloc-")) {
+                return None;
+            }
+            // name active_objs num_objs objsize ...
+            Some(f.get(1)?.parse::<u64>().ok()? * f.get(3)?.parse::<u64>().ok()?)
+        })
+        .sum();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let field = |name: &str| {
         meminfo
@@ -518,7 +573,7 @@ fn kernel_kib() -> u64 {
             parts.get(i + 1)?.parse().ok()
         })
         .unwrap_or(0);
-    field("Slab:") + field("KernelStack:") + field("PageTables:") + tcp_pages * 4
+    slab_bytes / 1024 + field("KernelStack:") + field("PageTables:") + tcp_pages * 4
 }
 
 // ---------------------------------------------------------------- load
@@ -582,6 +637,38 @@ fn bulk(port: u16, streams: usize, secs: f64) -> std::io::Result<f64> {
     }
     let bytes = BULK_BYTES.load(Ordering::SeqCst) - bytes0;
     Ok(bytes as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Does the relay pass a half-close through? The client sends, shuts down
+/// writing, and must still get the backend's answer.
+fn passes_half_close(port: u16) -> Result<(), String> {
+    const LEN: usize = 100_000;
+    let mut s = connect(port).map_err(|e| e.to_string())?;
+    let mut msg = vec![0x33u8; LEN + 1];
+    msg[0] = b'H';
+    s.write_all(&msg).map_err(|e| e.to_string())?;
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) if got == (LEN as u64).to_be_bytes() => Ok(()),
+        Ok(_) if got.is_empty() => Err("closed without the answer".into()),
+        Ok(_) => Err(format!("wrong answer ({} bytes)", got.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Does the relay pass a backend's reset on as a reset, not a clean close?
+fn passes_reset(port: u16) -> Result<(), String> {
+    let mut s = connect(port).map_err(|e| e.to_string())?;
+    s.write_all(b"X!").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Ok(0) => Err("clean close (FIN)".into()),
+        Ok(n) => Err(format!("{n} unexpected bytes")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Percentile of sorted latencies, in microseconds.
@@ -661,13 +748,44 @@ fn keepalive(port: u16, conns: usize, secs: f64) -> std::io::Result<(f64, f64)> 
     })
 }
 
+/// Wait (up to a minute) until no orphaned TCP socket is left and the
+/// number of TCP sockets has stopped changing for a second: what the last
+/// figure closed is freed before memory is read.
+fn settle_sockets() {
+    let tcp = || {
+        let text = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+        let line = text.lines().find(|l| l.starts_with("TCP:"))?.to_owned();
+        let field = |name: &str| -> Option<u64> {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let i = parts.iter().position(|p| *p == name)?;
+            parts.get(i + 1)?.parse().ok()
+        };
+        Some((field("orphan")?, field("alloc")?))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = tcp();
+    let mut steady_since = Instant::now();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = tcp();
+        if now != last {
+            last = now;
+            steady_since = Instant::now();
+        } else if now.is_some_and(|(orphan, _)| orphan == 0)
+            && steady_since.elapsed() >= Duration::from_secs(1)
+        {
+            return;
+        }
+    }
+}
+
 /// Idle connections: open `n`, each sending one byte (so every relay has
 /// moved data once), wait, measure. Returns (PSS KiB/conn, kernel KiB/conn,
 /// fds/conn) — per connection, deltas against no connections.
 fn idle(peer: &Peer, n: usize) -> std::io::Result<(f64, f64, f64)> {
     let pid = peer.child.as_ref().map(|c| c.id());
     let settle = || std::thread::sleep(Duration::from_millis(500));
-    settle();
+    settle_sockets();
     let (pss0, fd0, k0) = (
         pid.map_or(0, pss_kib),
         pid.map_or(0, fd_count),
@@ -919,6 +1037,27 @@ fn main() {
     {
         secs = s;
     }
+    // Correctness first, once per row: what each relay does with a
+    // half-close and with a reset.
+    let mut checks = String::from(
+        "| peer | half-close passed through | backend reset reaches the client as a reset |\n|---|---|---|\n",
+    );
+    for p in &peers {
+        if p.skipped.is_some() {
+            continue;
+        }
+        let show = |r: Result<(), String>| match r {
+            Ok(()) => "yes".to_owned(),
+            Err(why) => format!("no: {why}"),
+        };
+        let _ = writeln!(
+            checks,
+            "| {} | {} | {} |",
+            p.name,
+            show(passes_half_close(p.port)),
+            show(passes_reset(p.port))
+        );
+    }
     let mut rows = vec![Row::default(); peers.len()];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
@@ -1135,7 +1274,8 @@ fn main() {
          load generator and backend on CPU 0, each proxy alone on CPU 1; loopback inside a private network namespace. \
          Ratios are to \"direct\" (client straight to the backend).\n\n## Traffic\n\n{traffic}\n\
          ## Idle connections\n\nPer connection, after 1000 and 3000 idle connections (each moved one byte first). \
-         Kernel memory: slab, kernel stacks, page tables and TCP buffers, machine-wide delta — it includes the client's and backend's sockets, so compare rows, not absolutes.\n\n{memory}\n\
+         Kernel memory: the slab caches of sockets, files, epoll entries, pipes and kmalloc, TCP buffers, kernel stacks and page tables, as a machine-wide delta — it includes the client's and backend's sockets, so compare rows, not absolutes.\n\n{memory}\n\
+         ## What each relay does with a half-close and a reset\n\n{checks}\n\
          ## Rule installation (process start to exit, median)\n\n\
          In a fresh namespace. \"lowport rules apply\", nft and iptables-restore start with no rules (as at boot); \
          \"replacing\" applies a second rule set with every target changed over the first; \"unchanged\" applies the same rules again. \

@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -652,7 +652,7 @@ async fn handle(
             return;
         }
     };
-    let _ = backend.set_nodelay(true);
+    // TCP_NODELAY: set before connecting (connect_one).
     conn_log!(debug, peer, mapping, backend = ?backend.peer_addr().ok(), "connected");
     if let (ProxyProtocol::V1 | ProxyProtocol::V2, Some(local)) = (mapping.proxy_protocol, local) {
         let header = proxy_protocol::header(mapping.proxy_protocol, peer, local);
@@ -745,18 +745,13 @@ async fn connect_backend(
     };
     let mut failures = Vec::new();
     for addr in addrs {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        };
-        let attempt = match socket {
-            Ok(s) => match tokio::time::timeout(timeout, s.connect(addr)).await {
-                Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(e)) => format!("{addr}: {e}"),
-                Err(_) => format!("{addr}: no answer within connect_timeout {timeout:?}"),
-            },
-            Err(e) => format!("{addr}: cannot make a socket: {e}"),
+        let attempt = match connect_one(addr, timeout).await {
+            Ok(stream) => return Ok(stream),
+            Err(Attempt::Socket(e)) => format!("{addr}: cannot make a socket: {e}"),
+            Err(Attempt::Failed(e)) => format!("{addr}: {e}"),
+            Err(Attempt::TimedOut) => {
+                format!("{addr}: no answer within connect_timeout {timeout:?}")
+            }
         };
         inc(&stats.connect_errors);
         failures.push(attempt);
@@ -765,6 +760,61 @@ async fn connect_backend(
         failures.push("the name resolved to no address".to_owned());
     }
     Err(failures.join("; "))
+}
+
+/// Why one connect attempt failed.
+enum Attempt {
+    Socket(io::Error),
+    Failed(io::Error),
+    TimedOut,
+}
+
+/// One non-blocking connect, with TCP_NODELAY set before it. On loopback
+/// (and often on a LAN) the handshake is over by the time connect(2)
+/// returns EINPROGRESS: a zero-timeout poll(2) sees it, and the connection
+/// goes on without a trip through the event loop or a timer. Otherwise it
+/// waits for writability, at most `timeout`.
+async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Attempt> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )
+    .map_err(Attempt::Socket)?;
+    socket.set_tcp_nodelay(true).map_err(Attempt::Socket)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(Attempt::Failed(e)),
+    }
+    let done = writable_now(&socket);
+    let stream = TcpStream::from_std(socket.into()).map_err(Attempt::Socket)?;
+    if !done {
+        match tokio::time::timeout(timeout, stream.writable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Attempt::Failed(e)),
+            Err(_) => return Err(Attempt::TimedOut),
+        }
+    }
+    // Writable means the handshake ended: in a connection or an error.
+    match stream.take_error() {
+        Ok(None) => Ok(stream),
+        Ok(Some(e)) | Err(e) => Err(Attempt::Failed(e)),
+    }
+}
+
+/// Is a connecting socket writable (connected, or failed) right now?
+fn writable_now(socket: &socket2::Socket) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a socket we own, and a zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::process::Command;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{BackendChoice, Config};
+use crate::config::{BackendChoice, Config, Source};
 use crate::firewall::plan::{self, RulePlan, Sysctl, NAT_PRIORITY};
 use crate::firewall::{self, iptables};
 use crate::mapping::{Mapping, ProxyProtocol, TargetHost, L4};
@@ -150,8 +150,44 @@ impl Findings {
     }
 }
 
-/// Diagnose this host for `config` (read from `origin`, for the first line).
-pub fn run(config: &Config, plan: &RulePlan, origin: &str) -> Report {
+/// The `rules apply` command line for the configuration the user gave, so
+/// a suggested fix can be pasted as it is.
+pub fn apply_command(source: &Source) -> String {
+    let mut cmd = String::from("sudo lowport");
+    if let Some(file) = &source.file {
+        if file.as_path() != std::path::Path::new(crate::config::DEFAULT_CONFIG) {
+            cmd.push_str(" -c ");
+            cmd.push_str(&shell_quote(&file.display().to_string()));
+        }
+    }
+    for spec in &source.specs {
+        cmd.push_str(" -m ");
+        cmd.push_str(&shell_quote(spec));
+    }
+    cmd.push_str(" rules apply");
+    cmd
+}
+
+/// Quote `s` for a POSIX shell when it needs it.
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=@,+".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Diagnose this host for `config`, read from `source` (named in the first
+/// line, and in the commands suggested as fixes).
+pub fn run(config: &Config, plan: &RulePlan, source: &Source) -> Report {
+    let origin = source
+        .effective_file()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "-m mappings".to_owned());
+    let apply = apply_command(source);
     let mut f = Findings(Vec::new());
     f.ok(
         "config",
@@ -233,18 +269,18 @@ pub fn run(config: &Config, plan: &RulePlan, origin: &str) -> Report {
             Status::Problem,
             "rules",
             format!("the installed rules ({backend_name}) differ from what the config would install (drift)"),
-            Some("sudo lowport rules apply".into()),
+            Some(apply.clone()),
         ),
         (None, Mode::Proxy) => f.ok("rules", "not installed (proxy mode is in use)".into()),
         (None, _) => f.push(
             Status::Problem,
             "rules",
             format!("lowport's rules are not installed ({backend_name} would be used: {})", choice.1),
-            Some("sudo lowport rules apply  (or run `lowport proxy`)".into()),
+            Some(format!("{apply}  (or run `lowport proxy`)")),
         ),
     }
     for &s in &plan.sysctls {
-        check_sysctl(&mut f, s, config, rules_needed);
+        check_sysctl(&mut f, s, config, rules_needed, &apply);
     }
     let ruleset = nft_ruleset();
     check_input_filters(&mut f, config, ruleset.as_ref(), rules_needed);
@@ -293,7 +329,15 @@ pub fn run(config: &Config, plan: &RulePlan, origin: &str) -> Report {
     check_no_new_privs(&mut f, unprivileged_ok);
 
     let problems = f.0.iter().any(|x| x.status == Status::Problem);
-    let recommendation = recommend(config, mode, &f.0, unprivileged_ok, cap_ok, &backend_name);
+    let recommendation = recommend(
+        config,
+        mode,
+        &f.0,
+        unprivileged_ok,
+        cap_ok,
+        &backend_name,
+        &apply,
+    );
     Report {
         ok: !problems,
         mode,
@@ -309,6 +353,7 @@ fn recommend(
     unprivileged_ok: bool,
     cap_ok: bool,
     backend: &str,
+    apply: &str,
 ) -> String {
     let ports: Vec<String> = {
         let mut p: Vec<u16> = config
@@ -348,7 +393,7 @@ fn recommend(
             .iter()
             .any(|x| x.topic == "nat" && x.status == Status::Problem)
     {
-        return "simplest here: first remove the other NAT rule that claims the port (see ✗ nat above); then sudo lowport rules apply".into();
+        return format!("simplest here: first remove the other NAT rule that claims the port (see ✗ nat above); then {apply}");
     }
     match mode {
         Mode::Rules if !findings.iter().any(|x| x.status == Status::Problem) => format!(
@@ -357,7 +402,7 @@ fn recommend(
         Mode::Proxy => "simplest here: keep the proxy; it holds no capability once its ports are bound".into(),
         _ => {
             let extra = if blocked("input") { ", and allow the translated ports in the input firewall (see ✗ input above)" } else { "" };
-            format!("simplest here: sudo lowport rules apply ({backend}) — one-shot kernel NAT, nothing keeps running{extra}")
+            format!("simplest here: {apply} ({backend}) — one-shot kernel NAT, nothing keeps running{extra}")
         }
     }
 }
@@ -666,7 +711,7 @@ fn check_target(f: &mut Findings, m: &Mapping, sockets: &Listeners) {
     }
 }
 
-fn check_sysctl(f: &mut Findings, s: Sysctl, config: &Config, needed: bool) {
+fn check_sysctl(f: &mut Findings, s: Sysctl, config: &Config, needed: bool, apply: &str) {
     let value = firewall::sysctl::read(s).ok();
     let why = match s {
         Sysctl::RouteLocalnet => "so remote clients can be sent to 127.0.0.1",
@@ -684,7 +729,7 @@ fn check_sysctl(f: &mut Findings, s: Sysctl, config: &Config, needed: bool) {
             needed,
             "sysctl",
             format!("{s} is off; it is needed {why}"),
-            "sudo lowport rules apply (sets it, and puts it back on remove)".into(),
+            format!("{apply} (sets it, and puts it back on remove)"),
         ),
     }
 }
@@ -1403,6 +1448,30 @@ fn check_no_new_privs(f: &mut Findings, unprivileged_ok: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn suggested_apply_names_what_the_user_gave() {
+        let source = |file: Option<&str>, specs: &[&str]| Source {
+            file: file.map(std::path::PathBuf::from),
+            specs: specs.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            apply_command(&source(None, &[])),
+            "sudo lowport rules apply"
+        );
+        assert_eq!(
+            apply_command(&source(Some(crate::config::DEFAULT_CONFIG), &[])),
+            "sudo lowport rules apply"
+        );
+        assert_eq!(
+            apply_command(&source(Some("/srv/my conf/web.yaml"), &["80:8080", "[::]:443:[::1]:8443"])),
+            "sudo lowport -c '/srv/my conf/web.yaml' -m 80:8080 -m '[::]:443:[::1]:8443' rules apply"
+        );
+        assert_eq!(
+            apply_command(&source(None, &["it's"])),
+            "sudo lowport -m 'it'\\''s' rules apply"
+        );
+    }
 
     #[test]
     fn proc_net_addresses_decode() {

@@ -177,11 +177,7 @@ fn check(global: &GlobalArgs, json: bool) -> Result<(), Failure> {
     let source = global.source();
     let config = config::load(&source)?;
     let plan = plan::plan(&config.mappings, &firewall::SystemHost)?;
-    let origin = source
-        .effective_file()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "-m mappings".to_owned());
-    let report = crate::check::run(&config, &plan, &origin);
+    let report = crate::check::run(&config, &plan, &source);
     if json {
         println!("{}", report.to_json());
     } else {

@@ -274,7 +274,9 @@ fn drift_and_missing_rules_are_problems() {
         text.contains("✗ rules: lowport's rules are not installed"),
         "{text}"
     );
-    assert!(text.contains("fix: sudo lowport rules apply"), "{text}");
+    // The fix names the file given with -c, ready to paste.
+    let fix = format!("fix: sudo lowport -c {} rules apply", cfg.display());
+    assert!(text.contains(&fix), "{text}");
 
     let other = config_file(
         "dr2",

@@ -255,6 +255,53 @@ struct Peer {
     _tmp: Option<PathBuf>,
 }
 
+/// Where the kernel DNAT row listens.
+const DNAT_PORT: u16 = 10080;
+
+/// Install (or remove) lowport's rules for the kernel DNAT row. They are in
+/// place only while that row is measured: NAT rules make every packet in
+/// the namespace go through conntrack, which the relays' rows would
+/// otherwise pay for too, and the conntrack entries of the DNAT row's short
+/// connections would weigh on whichever row came next.
+fn dnat_rules(on: bool) -> Result<(), String> {
+    let mut cmd = Command::new(lowport_bin());
+    if on {
+        cmd.args([
+            "-m",
+            &format!("{DNAT_PORT}:{BACKEND_PORT}"),
+            "rules",
+            "apply",
+        ]);
+    } else {
+        cmd.args(["rules", "remove"]);
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "lowport rules {} failed: {}",
+            if on { "apply" } else { "remove" },
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `f` with the row's rules in place (kernel rows only).
+fn with_rules<T>(p: &Peer, f: impl FnOnce() -> T) -> T {
+    if p.kernel {
+        if let Err(e) = dnat_rules(true) {
+            panic!("{e}");
+        }
+    }
+    let out = f();
+    if p.kernel {
+        if let Err(e) = dnat_rules(false) {
+            panic!("{e}");
+        }
+    }
+    out
+}
+
 fn taskset_cpu1(program: &str) -> Command {
     let mut c = Command::new("taskset");
     c.args(["-c", "1", program]);
@@ -297,17 +344,8 @@ fn start_peers() -> Vec<Peer> {
             });
         };
     add("direct", BACKEND_PORT, &|_| Ok((None, None)));
-    add("kernel DNAT (lowport rules)", 10080, &|port| {
-        let out = Command::new(lowport_bin())
-            .args(["-m", &format!("{port}:{BACKEND_PORT}"), "rules", "apply"])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "lowport rules apply failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+    // Its rules are installed only while its row is measured (dnat_rules).
+    add("kernel DNAT (lowport rules)", DNAT_PORT, &|_| {
         Ok((None, None))
     });
     add("lowport proxy", 10081, &|port| {
@@ -425,6 +463,13 @@ fn start_peers() -> Vec<Peer> {
         let addr: SocketAddr = ([127, 0, 0, 1], p.port).into();
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut up = false;
+        if p.kernel {
+            // The DNAT row: its rules, for this check only.
+            if let Err(e) = dnat_rules(true) {
+                p.skipped = Some(e);
+                continue;
+            }
+        }
         while Instant::now() < deadline {
             if let Some(c) = &mut p.child {
                 if let Ok(Some(status)) = c.try_wait() {
@@ -444,6 +489,11 @@ fn start_peers() -> Vec<Peer> {
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+        if p.kernel {
+            if let Err(e) = dnat_rules(false) {
+                p.skipped = Some(e);
+            }
         }
         if !up && p.skipped.is_none() {
             p.skipped = Some("did not relay within 5 s".into());
@@ -524,7 +574,7 @@ fn fd_count(root: u32) -> usize {
 }
 
 /// Kernel memory that grows with connections: the slab caches sockets,
-/// their files, epoll entries, pipes and kmalloc use (not the dentry and
+/// their files, epoll entries, pipes, conntrack and kmalloc use (not the dentry and
 /// inode caches of the whole machine, which the kernel shrinks and grows on
 /// its own and which once made a row negative), TCP buffer pages, and the
 /// kernel stacks and page tables of processes (socat forks one per
@@ -541,6 +591,7 @@ fn kernel_kib() -> u64 {
         "skbuff_head_cache",
         "skbuff_small_head",
         "skbuff_fclone_cache",
+        "nf_conntrack",
     ];
     let slabinfo = std::fs::read_to_string("/proc/slabinfo").unwrap_or_default();
     let slab_bytes: u64 = slabinfo
@@ -1050,23 +1101,22 @@ fn main() {
             Ok(()) => "yes".to_owned(),
             Err(why) => format!("no: {why}"),
         };
-        let _ = writeln!(
-            checks,
-            "| {} | {} | {} |",
-            p.name,
-            show(passes_half_close(p.port)),
-            show(passes_reset(p.port))
-        );
+        let (half, reset) = with_rules(p, || (passes_half_close(p.port), passes_reset(p.port)));
+        let _ = writeln!(checks, "| {} | {} | {} |", p.name, show(half), show(reset));
     }
     let mut rows = vec![Row::default(); peers.len()];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
-        for (p, r) in peers.iter().zip(rows.iter_mut()) {
+        // Each round starts one row further on, so no row always follows
+        // the same one.
+        let n = peers.len();
+        for i in (0..n).map(|i| (i + round) % n) {
+            let (p, r) = (&peers[i], &mut rows[i]);
             if p.skipped.is_some() || r.error.is_some() {
                 continue;
             }
             let pid = p.child.as_ref().map(|c| c.id());
-            let result = (|| -> std::io::Result<()> {
+            let result = with_rules(p, || -> std::io::Result<()> {
                 for (streams, key) in [(1, "bulk1"), (4, "bulk4")] {
                     if !figure("bulk") {
                         break;
@@ -1105,7 +1155,7 @@ fn main() {
                     }
                 }
                 Ok(())
-            })();
+            });
             if let Err(e) = result {
                 r.error = Some(format!("failed: {e}"));
             }
@@ -1121,7 +1171,7 @@ fn main() {
             (1000usize, ("pss1k", "kern1k", "fd1k")),
             (3000, ("pss3k", "kern3k", "fd3k")),
         ] {
-            match idle(p, n) {
+            match with_rules(p, || idle(p, n)) {
                 Ok((pss, kern, fds)) => {
                     if !p.kernel && p.child.is_some() {
                         r.add(keys.0, pss);
@@ -1275,7 +1325,7 @@ fn main() {
          load generator and backend on CPU 0, each proxy alone on CPU 1; loopback inside a private network namespace. \
          Ratios are to \"direct\" (client straight to the backend).\n\n## Traffic\n\n{traffic}\n\
          ## Idle connections\n\nPer connection, after 1000 and 3000 idle connections (each moved one byte first). \
-         Kernel memory: the slab caches of sockets, files, epoll entries, pipes and kmalloc, TCP buffers, kernel stacks and page tables, as a machine-wide delta — it includes the client's and backend's sockets, so compare rows, not absolutes.\n\n{memory}\n\
+         Kernel memory: the slab caches of sockets, files, epoll entries, pipes, conntrack and kmalloc, TCP buffers, kernel stacks and page tables, as a machine-wide delta — it includes the client's and backend's sockets, so compare rows, not absolutes.\n\n{memory}\n\
          ## What each relay does with a half-close and a reset\n\n{checks}\n\
          ## Rule installation (process start to exit, median)\n\n\
          In a fresh namespace. \"lowport rules apply\", nft and iptables-restore start with no rules (as at boot); \

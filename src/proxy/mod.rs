@@ -288,6 +288,7 @@ pub async fn serve(
         tracker: TaskTracker::new(),
         hard_stop: CancellationToken::new(),
     });
+    let anchor = tokio::spawn(timer_anchor());
     let mut hup = signal(tokio::signal::unix::SignalKind::hangup(), "SIGHUP")?;
     let mut usr1 = signal(tokio::signal::unix::SignalKind::user_defined1(), "SIGUSR1")?;
 
@@ -349,8 +350,22 @@ pub async fn serve(
         shared.hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
     }
+    anchor.abort();
     shared.stats.log("shutdown");
     Ok(())
+}
+
+/// A timer that is always due within a second. Tokio wakes its event loop
+/// (a write to an eventfd) whenever a new timer is due before every timer
+/// it already has; with short connections coming and going, each one's
+/// timeout was often the earliest and cost that write. With this one in
+/// place, a connection's timeout (at least a second away) never is.
+async fn timer_anchor() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 fn describe(r: &Running) -> String {
@@ -788,14 +803,17 @@ async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, A
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(Attempt::Failed(e)),
     }
-    let done = writable_now(&socket);
+    let now = handshake_now(&socket);
     let stream = TcpStream::from_std(socket.into()).map_err(Attempt::Socket)?;
-    if !done {
-        match tokio::time::timeout(timeout, stream.writable()).await {
+    match now {
+        // Connected, and no error pending: nothing more to ask.
+        Handshake::Connected => return Ok(stream),
+        Handshake::Ended => {}
+        Handshake::Pending => match tokio::time::timeout(timeout, stream.writable()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Attempt::Failed(e)),
             Err(_) => return Err(Attempt::TimedOut),
-        }
+        },
     }
     // Writable means the handshake ended: in a connection or an error.
     match stream.take_error() {
@@ -804,8 +822,17 @@ async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, A
     }
 }
 
-/// Is a connecting socket writable (connected, or failed) right now?
-fn writable_now(socket: &socket2::Socket) -> bool {
+/// Where a connecting socket's handshake stands right now.
+enum Handshake {
+    /// Writable with no error flagged.
+    Connected,
+    /// Over, with an error flagged (SO_ERROR tells which).
+    Ended,
+    /// Still going.
+    Pending,
+}
+
+fn handshake_now(socket: &socket2::Socket) -> Handshake {
     use std::os::fd::AsRawFd;
     let mut pfd = libc::pollfd {
         fd: socket.as_raw_fd(),
@@ -814,7 +841,15 @@ fn writable_now(socket: &socket2::Socket) -> bool {
     };
     // SAFETY: one valid pollfd for a socket we own, and a zero timeout.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n == 1 && pfd.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0
+    if n != 1 {
+        Handshake::Pending
+    } else if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+        Handshake::Ended
+    } else if pfd.revents & libc::POLLOUT != 0 {
+        Handshake::Connected
+    } else {
+        Handshake::Pending
+    }
 }
 
 #[cfg(test)]

@@ -1136,22 +1136,26 @@ fn main() {
                 let cpu_us_per_op = |c0: Option<f64>, t: Instant, rate: f64| {
                     Some((cpu_seconds(pid?) - c0?) * 1e6 / (rate * t.elapsed().as_secs_f64()))
                 };
-                if figure("short") {
-                    let (cpu0, t) = (pid.map(cpu_seconds), Instant::now());
-                    let (rate, p99) = short_conns(p.port, 4, secs)?;
-                    r.add("short_rate", rate);
-                    r.add("short_p99", p99);
-                    if let Some(us) = cpu_us_per_op(cpu0, t, rate) {
-                        r.add("short_cpu", us);
+                type Load = fn(u16, usize, f64) -> std::io::Result<(f64, f64)>;
+                let loads: [(&str, Load, usize, [&'static str; 3]); 2] = [
+                    (
+                        "short",
+                        short_conns,
+                        4,
+                        ["short_rate", "short_p99", "short_cpu"],
+                    ),
+                    ("ka", keepalive, 32, ["ka_rate", "ka_p99", "ka_cpu"]),
+                ];
+                for (name, load, workers, [rate_key, p99_key, cpu_key]) in loads {
+                    if !figure(name) {
+                        continue;
                     }
-                }
-                if figure("ka") {
                     let (cpu0, t) = (pid.map(cpu_seconds), Instant::now());
-                    let (rate, p99) = keepalive(p.port, 32, secs)?;
-                    r.add("ka_rate", rate);
-                    r.add("ka_p99", p99);
+                    let (rate, p99) = load(p.port, workers, secs)?;
+                    r.add(rate_key, rate);
+                    r.add(p99_key, p99);
                     if let Some(us) = cpu_us_per_op(cpu0, t, rate) {
-                        r.add("ka_cpu", us);
+                        r.add(cpu_key, us);
                     }
                 }
                 Ok(())

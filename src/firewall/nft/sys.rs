@@ -268,28 +268,41 @@ impl Expr {
             if p.is_null() {
                 return Expr::Other("unnamed expression".into());
             }
-            CStr::from_ptr(p).to_string_lossy().into_owned()
+            CStr::from_ptr(p)
         };
-        let present: Vec<u32> = (1..MAX_EXPR_ATTR).filter(|a| attr_set(e, *a)).collect();
-        let only = |allowed: &[u32]| present.iter().all(|a| allowed.contains(a));
-        let other = || Expr::Other(format!("{name} expression with attributes {present:?}"));
+        // The attributes set, as a bit mask (bit n: attribute n): no
+        // allocation per expression, a dump of thousands of rules decodes
+        // tens of thousands of them.
+        let present: u32 = (1..MAX_EXPR_ATTR)
+            .filter(|a| attr_set(e, *a))
+            .fold(0, |m, a| m | 1 << a);
+        let only = |allowed: &[u32]| present & !allowed.iter().fold(0, |m, a| m | 1 << a) == 0;
+        let other = || {
+            let attrs: Vec<u32> = (1..MAX_EXPR_ATTR)
+                .filter(|a| present & 1 << a != 0)
+                .collect();
+            Expr::Other(format!(
+                "{} expression with attributes {attrs:?}",
+                name.to_string_lossy()
+            ))
+        };
 
-        let decoded = match name.as_str() {
-            "meta" if only(&[sys::NFTNL_EXPR_META_KEY, sys::NFTNL_EXPR_META_DREG]) => (|| {
+        let decoded = match name.to_bytes() {
+            b"meta" if only(&[sys::NFTNL_EXPR_META_KEY, sys::NFTNL_EXPR_META_DREG]) => (|| {
                 Some(Expr::Meta {
                     key: attr(sys::NFTNL_EXPR_META_KEY)?,
                     dreg: attr(sys::NFTNL_EXPR_META_DREG)?,
                 })
             })(
             ),
-            "cmp" => (|| {
+            b"cmp" => (|| {
                 Some(Expr::Cmp {
                     sreg: attr(sys::NFTNL_EXPR_CMP_SREG)?,
                     op: attr(sys::NFTNL_EXPR_CMP_OP)?,
                     data: data(sys::NFTNL_EXPR_CMP_DATA)?,
                 })
             })(),
-            "payload"
+            b"payload"
                 if only(&[
                     sys::NFTNL_EXPR_PAYLOAD_DREG,
                     sys::NFTNL_EXPR_PAYLOAD_BASE,
@@ -306,23 +319,23 @@ impl Expr {
                     })
                 })()
             }
-            "fib" => (|| {
+            b"fib" => (|| {
                 Some(Expr::Fib {
                     flags: attr(sys::NFTNL_EXPR_FIB_FLAGS)?,
                     result: attr(sys::NFTNL_EXPR_FIB_RESULT)?,
                     dreg: attr(sys::NFTNL_EXPR_FIB_DREG)?,
                 })
             })(),
-            "ct" if only(&[sys::NFTNL_EXPR_CT_DREG, sys::NFTNL_EXPR_CT_KEY]) => (|| {
+            b"ct" if only(&[sys::NFTNL_EXPR_CT_DREG, sys::NFTNL_EXPR_CT_KEY]) => (|| {
                 Some(Expr::Ct {
                     key: attr(sys::NFTNL_EXPR_CT_KEY)?,
                     dreg: attr(sys::NFTNL_EXPR_CT_DREG)?,
                 })
             })(),
-            "bitwise"
+            b"bitwise"
                 if attr(sys::NFTNL_EXPR_BITWISE_OP).unwrap_or(NFT_BITWISE_BOOL)
                     == NFT_BITWISE_BOOL
-                    && !present.contains(&sys::NFTNL_EXPR_BITWISE_DATA) =>
+                    && present & 1 << sys::NFTNL_EXPR_BITWISE_DATA == 0 =>
             {
                 (|| {
                     Some(Expr::Bitwise {
@@ -334,17 +347,17 @@ impl Expr {
                     })
                 })()
             }
-            "immediate" if only(&[sys::NFTNL_EXPR_IMM_DREG, sys::NFTNL_EXPR_IMM_VERDICT]) => {
+            b"immediate" if only(&[sys::NFTNL_EXPR_IMM_DREG, sys::NFTNL_EXPR_IMM_VERDICT]) => {
                 attr(sys::NFTNL_EXPR_IMM_VERDICT).map(|v| Expr::Verdict { code: v as i32 })
             }
-            "immediate" if only(&[sys::NFTNL_EXPR_IMM_DREG, sys::NFTNL_EXPR_IMM_DATA]) => (|| {
+            b"immediate" if only(&[sys::NFTNL_EXPR_IMM_DREG, sys::NFTNL_EXPR_IMM_DATA]) => (|| {
                 Some(Expr::Immediate {
                     dreg: attr(sys::NFTNL_EXPR_IMM_DREG)?,
                     data: data(sys::NFTNL_EXPR_IMM_DATA)?,
                 })
             })(
             ),
-            "redir" => (|| {
+            b"redir" => (|| {
                 let min = attr(sys::NFTNL_EXPR_REDIR_REG_PROTO_MIN)?;
                 // The kernel reports max = min when only min was sent.
                 let max = attr(sys::NFTNL_EXPR_REDIR_REG_PROTO_MAX).unwrap_or(min);
@@ -353,7 +366,7 @@ impl Expr {
                     flags: attr(sys::NFTNL_EXPR_REDIR_FLAGS).unwrap_or(0),
                 })
             })(),
-            "nat" => (|| {
+            b"nat" => (|| {
                 let addr = attr(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN)?;
                 let proto = attr(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN)?;
                 let same = attr(sys::NFTNL_EXPR_NAT_REG_ADDR_MAX).unwrap_or(addr) == addr
@@ -366,7 +379,7 @@ impl Expr {
                     flags: attr(sys::NFTNL_EXPR_NAT_FLAGS).unwrap_or(0) & !NF_NAT_RANGE_MAP_IPS,
                 })
             })(),
-            "masq"
+            b"masq"
                 if attr(sys::NFTNL_EXPR_MASQ_FLAGS).unwrap_or(0) == 0
                     && only(&[sys::NFTNL_EXPR_MASQ_FLAGS]) =>
             {

@@ -11,6 +11,7 @@
 //! recognised, rebuilt from what was recognised, and must then match the
 //! kernel's expressions exactly; anything else is reported as foreign.
 
+mod dump;
 pub(crate) mod netlink;
 mod sys;
 
@@ -777,7 +778,7 @@ fn read_table(sock: &mut Socket) -> io::Result<Option<(Vec<KernelChain>, Vec<Ker
     .finish();
     sock.transact(&get_rules, 3, |msg| {
         if is_nft_msg(&msg, libc::NFT_MSG_NEWRULE) {
-            let rule = sys::parse_rule(msg.raw)?;
+            let rule = dump::parse_rule(&msg)?;
             if rule.table == TABLE {
                 rules.push(rule);
             }

@@ -4,23 +4,16 @@
 //! safe wrapper for the `fib`, `redir` and `masq` expressions, nor any way
 //! to read rules back. Here, [`Expr`] is a plain-data description of one
 //! nftables expression: it can be turned into a libnftnl expression (so
-//! `Rule::add_expr` takes it) and decoded back from a rule the kernel
-//! dumped. Everything `unsafe` about libnftnl lives in this file, each block
-//! with the reason it is sound.
+//! `Rule::add_expr` takes it); rules the kernel dumps are decoded into it
+//! by `dump`, without libnftnl. Chains are read back through libnftnl here.
+//! Everything `unsafe` about libnftnl lives in this file, each block with
+//! the reason it is sound.
 
 use std::ffi::{c_void, CStr};
 use std::io;
 use std::ptr::NonNull;
 
 use nftnl_sys as sys;
-
-/// `NF_NAT_RANGE_MAP_IPS`: the kernel adds it to a `nat` expression that has
-/// an address register, whether or not it was sent.
-const NF_NAT_RANGE_MAP_IPS: u32 = 1;
-/// `NFT_BITWISE_BOOL`: mask-and-xor, the only bitwise operation we write.
-const NFT_BITWISE_BOOL: u32 = 0;
-/// Highest expression attribute number libnftnl uses (they are bits of a u32).
-const MAX_EXPR_ATTR: u32 = 16;
 
 /// One nftables expression, as plain data. Only what lowport writes is
 /// modelled; anything else decodes to [`Expr::Other`].
@@ -233,168 +226,6 @@ impl Expr {
         }
         expr
     }
-
-    /// Decode a libnftnl expression the kernel sent back.
-    ///
-    /// # Safety
-    /// `e` must point to a live expression (one of a parsed rule's).
-    unsafe fn decode(e: *const sys::nftnl_expr) -> Expr {
-        let attr = |a: u32| -> Option<u32> {
-            // SAFETY: `e` is live (caller's contract); getters of unset
-            // attributes are never reached.
-            unsafe {
-                sys::nftnl_expr_is_set(e, a as u16).then(|| sys::nftnl_expr_get_u32(e, a as u16))
-            }
-        };
-        let data = |a: u32| -> Option<Vec<u8>> {
-            // SAFETY: as above; libnftnl returns a pointer to `len` bytes it
-            // owns, copied out before the expression can go away.
-            unsafe {
-                if !sys::nftnl_expr_is_set(e, a as u16) {
-                    return None;
-                }
-                let mut len = 0u32;
-                let p = sys::nftnl_expr_get(e, a as u16, &mut len).cast::<u8>();
-                if p.is_null() {
-                    return None;
-                }
-                Some(std::slice::from_raw_parts(p, len as usize).to_vec())
-            }
-        };
-        // SAFETY: `e` is live; the name attribute is always set on parsed
-        // expressions, and a null is handled.
-        let name = unsafe {
-            let p = sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16);
-            if p.is_null() {
-                return Expr::Other("unnamed expression".into());
-            }
-            CStr::from_ptr(p)
-        };
-        // The attributes set, as a bit mask (bit n: attribute n): no
-        // allocation per expression, a dump of thousands of rules decodes
-        // tens of thousands of them.
-        let present: u32 = (1..MAX_EXPR_ATTR)
-            .filter(|a| attr_set(e, *a))
-            .fold(0, |m, a| m | 1 << a);
-        let only = |allowed: &[u32]| present & !allowed.iter().fold(0, |m, a| m | 1 << a) == 0;
-        let other = || {
-            let attrs: Vec<u32> = (1..MAX_EXPR_ATTR)
-                .filter(|a| present & 1 << a != 0)
-                .collect();
-            Expr::Other(format!(
-                "{} expression with attributes {attrs:?}",
-                name.to_string_lossy()
-            ))
-        };
-
-        let decoded = match name.to_bytes() {
-            b"meta" if only(&[sys::NFTNL_EXPR_META_KEY, sys::NFTNL_EXPR_META_DREG]) => (|| {
-                Some(Expr::Meta {
-                    key: attr(sys::NFTNL_EXPR_META_KEY)?,
-                    dreg: attr(sys::NFTNL_EXPR_META_DREG)?,
-                })
-            })(
-            ),
-            b"cmp" => (|| {
-                Some(Expr::Cmp {
-                    sreg: attr(sys::NFTNL_EXPR_CMP_SREG)?,
-                    op: attr(sys::NFTNL_EXPR_CMP_OP)?,
-                    data: data(sys::NFTNL_EXPR_CMP_DATA)?,
-                })
-            })(),
-            b"payload"
-                if only(&[
-                    sys::NFTNL_EXPR_PAYLOAD_DREG,
-                    sys::NFTNL_EXPR_PAYLOAD_BASE,
-                    sys::NFTNL_EXPR_PAYLOAD_OFFSET,
-                    sys::NFTNL_EXPR_PAYLOAD_LEN,
-                ]) =>
-            {
-                (|| {
-                    Some(Expr::Payload {
-                        base: attr(sys::NFTNL_EXPR_PAYLOAD_BASE)?,
-                        offset: attr(sys::NFTNL_EXPR_PAYLOAD_OFFSET)?,
-                        len: attr(sys::NFTNL_EXPR_PAYLOAD_LEN)?,
-                        dreg: attr(sys::NFTNL_EXPR_PAYLOAD_DREG)?,
-                    })
-                })()
-            }
-            b"fib" => (|| {
-                Some(Expr::Fib {
-                    flags: attr(sys::NFTNL_EXPR_FIB_FLAGS)?,
-                    result: attr(sys::NFTNL_EXPR_FIB_RESULT)?,
-                    dreg: attr(sys::NFTNL_EXPR_FIB_DREG)?,
-                })
-            })(),
-            b"ct" if only(&[sys::NFTNL_EXPR_CT_DREG, sys::NFTNL_EXPR_CT_KEY]) => (|| {
-                Some(Expr::Ct {
-                    key: attr(sys::NFTNL_EXPR_CT_KEY)?,
-                    dreg: attr(sys::NFTNL_EXPR_CT_DREG)?,
-                })
-            })(),
-            b"bitwise"
-                if attr(sys::NFTNL_EXPR_BITWISE_OP).unwrap_or(NFT_BITWISE_BOOL)
-                    == NFT_BITWISE_BOOL
-                    && present & 1 << sys::NFTNL_EXPR_BITWISE_DATA == 0 =>
-            {
-                (|| {
-                    Some(Expr::Bitwise {
-                        sreg: attr(sys::NFTNL_EXPR_BITWISE_SREG)?,
-                        dreg: attr(sys::NFTNL_EXPR_BITWISE_DREG)?,
-                        len: attr(sys::NFTNL_EXPR_BITWISE_LEN)?,
-                        mask: data(sys::NFTNL_EXPR_BITWISE_MASK)?,
-                        xor: data(sys::NFTNL_EXPR_BITWISE_XOR)?,
-                    })
-                })()
-            }
-            b"immediate" if only(&[sys::NFTNL_EXPR_IMM_DREG, sys::NFTNL_EXPR_IMM_VERDICT]) => {
-                attr(sys::NFTNL_EXPR_IMM_VERDICT).map(|v| Expr::Verdict { code: v as i32 })
-            }
-            b"immediate" if only(&[sys::NFTNL_EXPR_IMM_DREG, sys::NFTNL_EXPR_IMM_DATA]) => (|| {
-                Some(Expr::Immediate {
-                    dreg: attr(sys::NFTNL_EXPR_IMM_DREG)?,
-                    data: data(sys::NFTNL_EXPR_IMM_DATA)?,
-                })
-            })(
-            ),
-            b"redir" => (|| {
-                let min = attr(sys::NFTNL_EXPR_REDIR_REG_PROTO_MIN)?;
-                // The kernel reports max = min when only min was sent.
-                let max = attr(sys::NFTNL_EXPR_REDIR_REG_PROTO_MAX).unwrap_or(min);
-                (max == min).then_some(Expr::Redir {
-                    reg_proto: min,
-                    flags: attr(sys::NFTNL_EXPR_REDIR_FLAGS).unwrap_or(0),
-                })
-            })(),
-            b"nat" => (|| {
-                let addr = attr(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN)?;
-                let proto = attr(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN)?;
-                let same = attr(sys::NFTNL_EXPR_NAT_REG_ADDR_MAX).unwrap_or(addr) == addr
-                    && attr(sys::NFTNL_EXPR_NAT_REG_PROTO_MAX).unwrap_or(proto) == proto;
-                same.then_some(Expr::Nat {
-                    nat_type: attr(sys::NFTNL_EXPR_NAT_TYPE)?,
-                    family: attr(sys::NFTNL_EXPR_NAT_FAMILY)?,
-                    reg_addr: addr,
-                    reg_proto: proto,
-                    flags: attr(sys::NFTNL_EXPR_NAT_FLAGS).unwrap_or(0) & !NF_NAT_RANGE_MAP_IPS,
-                })
-            })(),
-            b"masq"
-                if attr(sys::NFTNL_EXPR_MASQ_FLAGS).unwrap_or(0) == 0
-                    && only(&[sys::NFTNL_EXPR_MASQ_FLAGS]) =>
-            {
-                Some(Expr::Masq)
-            }
-            _ => None,
-        };
-        decoded.unwrap_or_else(other)
-    }
-}
-
-fn attr_set(e: *const sys::nftnl_expr, a: u32) -> bool {
-    // SAFETY: only called from `Expr::decode`, whose caller guarantees `e`
-    // is live; `is_set` only reads a flag word.
-    unsafe { sys::nftnl_expr_is_set(e, a as u16) }
 }
 
 impl nftnl::expr::Expression for Expr {
@@ -437,16 +268,6 @@ fn aligned(raw: &[u8]) -> Vec<u64> {
         .collect()
 }
 
-/// Owns a parsed `nftnl_rule` and frees it.
-struct RuleGuard(NonNull<sys::nftnl_rule>);
-
-impl Drop for RuleGuard {
-    fn drop(&mut self) {
-        // SAFETY: we allocated it and nothing else frees it.
-        unsafe { sys::nftnl_rule_free(self.0.as_ptr()) }
-    }
-}
-
 /// Owns a parsed `nftnl_chain` and frees it.
 struct ChainGuard(NonNull<sys::nftnl_chain>);
 
@@ -467,77 +288,15 @@ fn owned_str(p: *const std::os::raw::c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-/// Parse an `NFT_MSG_NEWRULE` message (header included) from a dump.
-pub(crate) fn parse_rule(raw: &[u8]) -> io::Result<KernelRule> {
-    let buf = aligned(raw);
-    // SAFETY: allocation has no preconditions; null is checked.
-    let rule = RuleGuard(NonNull::new(unsafe { sys::nftnl_rule_alloc() }).ok_or_else(oom)?);
-    let r = rule.0.as_ptr();
-    // SAFETY: `buf` holds the whole message (its nlmsg_len says so and is
-    // within the buffer, checked by the caller's message splitter), aligned
-    // for `nlmsghdr`; `r` is a live rule.
-    let rc = unsafe { sys::nftnl_rule_nlmsg_parse(buf.as_ptr().cast::<libc::nlmsghdr>(), r) };
-    if rc < 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "libnftnl cannot parse a rule",
-        ));
-    }
-    // SAFETY: `r` is live; string getters return NUL-terminated strings or null.
-    let (table, chain) = unsafe {
-        (
-            owned_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_TABLE as u16)),
-            owned_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16)),
-        )
-    };
-    // SAFETY: `r` is live; the data pointer covers `len` bytes owned by the
-    // rule, copied before the rule is freed.
-    let userdata = unsafe {
-        let mut len = 0u32;
-        if sys::nftnl_rule_is_set(r, sys::NFTNL_RULE_USERDATA as u16) {
-            let p = sys::nftnl_rule_get_data(r, sys::NFTNL_RULE_USERDATA as u16, &mut len);
-            if p.is_null() {
-                Vec::new()
-            } else {
-                std::slice::from_raw_parts(p.cast::<u8>(), len as usize).to_vec()
-            }
-        } else {
-            Vec::new()
-        }
-    };
-    let mut exprs = Vec::new();
-    // SAFETY: `r` is live for the iterator's whole life; the iterator is
-    // destroyed before the rule; each expression pointer is used only while
-    // the iterator (and rule) live.
-    unsafe {
-        let iter = sys::nftnl_expr_iter_create(r);
-        if iter.is_null() {
-            return Err(oom());
-        }
-        loop {
-            let e = sys::nftnl_expr_iter_next(iter);
-            if e.is_null() {
-                break;
-            }
-            exprs.push(Expr::decode(e));
-        }
-        sys::nftnl_expr_iter_destroy(iter);
-    }
-    Ok(KernelRule {
-        table,
-        chain,
-        exprs,
-        userdata,
-    })
-}
-
 /// Parse an `NFT_MSG_NEWCHAIN` message (header included) from a dump.
 pub(crate) fn parse_chain(raw: &[u8]) -> io::Result<KernelChain> {
     let buf = aligned(raw);
     // SAFETY: allocation has no preconditions; null is checked.
     let chain = ChainGuard(NonNull::new(unsafe { sys::nftnl_chain_alloc() }).ok_or_else(oom)?);
     let c = chain.0.as_ptr();
-    // SAFETY: as in `parse_rule`: a whole, aligned message and a live chain.
+    // SAFETY: `buf` holds the whole message (its nlmsg_len says so and is
+    // within the buffer, checked by the caller's message splitter), aligned
+    // for `nlmsghdr`; `c` is a live chain.
     let rc = unsafe { sys::nftnl_chain_nlmsg_parse(buf.as_ptr().cast::<libc::nlmsghdr>(), c) };
     if rc < 0 {
         return Err(io::Error::new(
@@ -575,8 +334,8 @@ fn oom() -> io::Error {
 mod tests {
     use super::*;
 
-    /// Every expression lowport writes survives libnftnl: build it, put it
-    /// in a rule, serialize, parse back, decode.
+    /// Every expression lowport writes survives the trip: build it with
+    /// libnftnl, put it in a rule, serialize, and decode it with `dump`.
     #[test]
     fn expressions_survive_a_libnftnl_round_trip() {
         let exprs = vec![
@@ -633,7 +392,11 @@ mod tests {
         // SAFETY: the buffer has the size `NlMsg::write` requires.
         unsafe { nftnl::NlMsg::write(&rule, buf.as_mut_ptr().cast(), 1, nftnl::MsgType::Add) };
         let len = u32::from_ne_bytes(buf[..4].try_into().unwrap()) as usize;
-        let parsed = parse_rule(&buf[..len]).unwrap();
+        let msg = super::super::netlink::messages(&buf[..len])
+            .next()
+            .unwrap()
+            .unwrap();
+        let parsed = super::super::dump::parse_rule(&msg).unwrap();
         assert_eq!(parsed.table, "t");
         assert_eq!(parsed.chain, "c");
         assert_eq!(parsed.exprs, exprs);

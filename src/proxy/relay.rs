@@ -28,7 +28,7 @@
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -134,8 +134,6 @@ struct Ctx<'a> {
     pool: &'a Arc<PipePool>,
     stats: &'a Stats,
     activity: &'a Activity,
-    /// Set by the first direction to reach end of stream.
-    one_done: &'a AtomicBool,
 }
 
 /// Which way bytes flow.
@@ -216,8 +214,8 @@ pub async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
 /// has already ended, both receive queues have been read to their end, so
 /// the close that follows at once sends this FIN (after any bytes still
 /// queued) and the shutdown call is saved.
-fn pass_fin(dst: &TcpStream, side: Side, ctx: &Ctx<'_>) -> Result<(), RelayError> {
-    if ctx.one_done.swap(true, Ordering::Relaxed) {
+fn pass_fin(dst: &TcpStream, side: Side, other_done: bool) -> Result<(), RelayError> {
+    if other_done {
         return Ok(());
     }
     socket2::SockRef::from(dst)
@@ -335,12 +333,14 @@ impl Pump {
 
     /// Move bytes until the source has nothing more for now (`Pending`,
     /// with wake-ups registered) or its FIN has been passed on (`Ready`).
+    /// `other_done`: the other direction has already ended.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         src: &TcpStream,
         dst: &TcpStream,
         ctx: &Ctx<'_>,
+        other_done: bool,
     ) -> Poll<Result<(), RelayError>> {
         let (src_side, dst_side) = self.dir.sides();
         loop {
@@ -396,7 +396,7 @@ impl Pump {
             }
             if self.eof {
                 self.done = true;
-                return Poll::Ready(pass_fin(dst, dst_side, ctx));
+                return Poll::Ready(pass_fin(dst, dst_side, other_done));
             }
             ready!(src.poll_read_ready(cx)).map_err(err(src_side, "wait for"))?;
             if !self.bulk || !self.can_splice {
@@ -474,7 +474,9 @@ fn poll_both(
     ctx: &Ctx<'_>,
 ) -> Poll<Result<bool, RelayError>> {
     let mut ended = false;
-    for pump in pumps.iter_mut() {
+    for i in 0..2 {
+        let other_done = pumps[1 - i].done;
+        let pump = &mut pumps[i];
         if pump.done {
             continue;
         }
@@ -482,7 +484,7 @@ fn poll_both(
             Direction::ToBackend => (client, backend),
             Direction::ToClient => (backend, client),
         };
-        match pump.poll(cx, src, dst, ctx) {
+        match pump.poll(cx, src, dst, ctx, other_done) {
             Poll::Ready(Ok(())) => ended = true,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {}
@@ -516,12 +518,10 @@ pub async fn relay(
     cancel: &CancellationToken,
 ) -> Outcome {
     let activity = Activity::new();
-    let one_done = AtomicBool::new(false);
     let ctx = Ctx {
         pool,
         stats,
         activity: &activity,
-        one_done: &one_done,
     };
     let mut pumps = [
         Pump::new(Direction::ToBackend),

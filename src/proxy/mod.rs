@@ -6,11 +6,14 @@
 //! and SIGINT drain and exit, SIGHUP reloads, SIGUSR1 logs counters) and
 //! shutdown. The bytes themselves move in [`relay`].
 //!
-//! Runtime: one current-thread tokio runtime. The relay is splice(2), so the
-//! CPU does little per byte, one thread keeps every connection's state on
-//! one core without locking, and capabilities (which are per thread) are
-//! dropped before any thread exists.
+//! Threads: the connections live on one thread, an epoll event loop of
+//! their own ([`engine`]): the relay is splice(2), so the CPU does little
+//! per byte, and one thread keeps every connection's state on one core
+//! without locking. A current-thread tokio runtime on the main thread
+//! handles signals, reloads, name resolution and shutdown. Capabilities
+//! (which are per thread) are dropped before either thread exists.
 
+pub mod engine;
 pub mod listen;
 pub mod pipe;
 pub mod proxy_protocol;
@@ -19,23 +22,19 @@ pub mod stats;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ProxySettings};
-use crate::mapping::{Listen, Mapping, ProxyProtocol, Target, TargetHost};
+use crate::mapping::{Listen, Mapping, ProxyProtocol};
 use crate::privilege::{self, DropReport, PrivilegeError, PrivilegeState};
+use engine::{Command, Engine, EngineHandle, Resolve};
 use pipe::PipePool;
-use proxy_protocol::unmap;
-use relay::{Outcome, Timeouts};
-use stats::{inc, Stats};
+use stats::Stats;
 
 /// Re-reads the configuration on SIGHUP; an error is logged and the running
 /// configuration stays.
@@ -249,29 +248,17 @@ pub async fn run(
     serve(bound, config, reload, shutdown, None).await
 }
 
-/// State shared by the listeners and connections.
-struct Shared {
-    stats: Stats,
-    pool: Arc<PipePool>,
-    limit: Arc<Semaphore>,
-    max_connections: Mutex<usize>,
-    settings: watch::Sender<Arc<ProxySettings>>,
-    tracker: TaskTracker,
-    /// Cancelled when shutdown_timeout runs out: live connections are reset.
-    hard_stop: CancellationToken,
-}
-
-/// A running listen spec: its accept loops and the mapping they serve.
+/// A running listen spec, as the control plane knows it.
 struct Running {
-    mapping: watch::Sender<Arc<Mapping>>,
-    stop: CancellationToken,
+    mapping: Arc<Mapping>,
     addrs: Vec<SocketAddr>,
     activated: bool,
-    /// The accept loops; each owns (and on return closes) one listening socket.
-    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Serve already-bound listeners until `shutdown`; see [`main`].
+/// Serve already-bound listeners until `shutdown`; see [`main`]. The
+/// connections live on an event loop of their own ([`engine`]), on one
+/// thread; this task handles signals, reloads, name resolution and the
+/// drain at shutdown.
 pub async fn serve(
     bound: Vec<BoundListener>,
     config: Config,
@@ -279,27 +266,39 @@ pub async fn serve(
     shutdown: CancellationToken,
     privileges: Option<DropReport>,
 ) -> Result<(), ProxyError> {
-    let shared = Arc::new(Shared {
-        stats: Stats::default(),
-        pool: PipePool::new(pipe::WANTED_PIPE_SIZE),
-        limit: Arc::new(Semaphore::new(config.proxy.max_connections.get())),
-        max_connections: Mutex::new(config.proxy.max_connections.get()),
-        settings: watch::Sender::new(Arc::new(config.proxy.clone())),
-        tracker: TaskTracker::new(),
-        hard_stop: CancellationToken::new(),
-    });
-    let anchor = tokio::spawn(timer_anchor());
+    let stats = Arc::new(Stats::default());
+    let (resolve_tx, resolve_rx) = tokio::sync::mpsc::unbounded_channel();
+    let engine = Engine::new(
+        Arc::new(config.proxy.clone()),
+        Arc::clone(&stats),
+        PipePool::new(pipe::WANTED_PIPE_SIZE),
+        resolve_tx,
+    )
+    .map_err(ProxyError::Runtime)?;
+    let handle = engine.handle();
     let mut hup = signal(tokio::signal::unix::SignalKind::hangup(), "SIGHUP")?;
     let mut usr1 = signal(tokio::signal::unix::SignalKind::user_defined1(), "SIGUSR1")?;
 
     let mut running: HashMap<Listen, Running> = HashMap::new();
     let mut listing = Vec::new();
     for b in bound {
-        let r = start_listener(b, &shared).map_err(ProxyError::Runtime)?;
+        let (key, r, sockets) = running_of(b).map_err(ProxyError::Runtime)?;
         listing.push(describe(&r));
-        let key = r.mapping.borrow().listen;
+        handle.send(Command::Listen {
+            key,
+            mapping: Arc::clone(&r.mapping),
+            sockets,
+        });
         running.insert(key, r);
     }
+    let (done_tx, mut done) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("lowport-relay".to_owned())
+        .spawn(move || {
+            let _ = done_tx.send(engine.run());
+        })
+        .map_err(ProxyError::Runtime)?;
+    let resolver = tokio::spawn(resolve_names(resolve_rx, handle.clone()));
     let privilege_line = match &privileges {
         Some(report) => report.to_string(),
         None => PrivilegeState::current()
@@ -310,66 +309,91 @@ pub async fn serve(
         "lowport proxy listening: {}; privileges: {privilege_line}",
         listing.join(", ")
     );
-    let mut user = config.proxy.user.clone();
+    let mut settings = Arc::new(config.proxy.clone());
 
-    loop {
+    let ended = loop {
         tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break None,
+            r = &mut done => break Some(r),
             _ = hup.recv() => {
                 match reload() {
-                    Ok(new) => apply_reload(new, &mut running, &shared, &mut user),
+                    Ok(new) => apply_reload(new, &mut running, &handle, &mut settings),
                     Err(e) => error!("SIGHUP: new configuration rejected, the old one keeps serving: {e}"),
                 }
             }
-            _ = usr1.recv() => shared.stats.log("SIGUSR1"),
+            _ = usr1.recv() => stats.log("SIGUSR1"),
         }
+    };
+    if let Some(r) = ended {
+        // The event loop is not supposed to end on its own.
+        resolver.abort();
+        let _ = thread.join();
+        let e = match r {
+            Ok(Err(e)) => e,
+            _ => io::Error::other("the relay thread ended"),
+        };
+        return Err(ProxyError::Runtime(e));
     }
 
-    // Stop accepting: the listening sockets close as their loops end; wait
-    // for that, so "stopped accepting" is true when it is logged.
-    for r in running.values() {
-        r.stop.cancel();
-    }
-    for r in running.into_values() {
-        for t in r.tasks {
-            let _ = t.await;
-        }
-    }
-    shared.tracker.close();
-    let grace = shared.settings.borrow().shutdown_timeout;
-    let active = shared
-        .stats
-        .active
-        .load(std::sync::atomic::Ordering::Relaxed);
+    // Stop accepting: the listening sockets are closed when the event loop
+    // answers, so "stopped accepting" is true when it is logged.
+    let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+    handle.send(Command::Drain(ack_tx));
+    let active = ack_rx.await.unwrap_or(0);
+    let grace = settings.shutdown_timeout;
     info!("stopped accepting; {active} connection(s) may finish within {grace:?}");
-    if tokio::time::timeout(grace, shared.tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, &mut done).await.is_err() {
         warn!("shutdown_timeout ({grace:?}) ran out: resetting the remaining connections");
-        shared.hard_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
+        handle.send(Command::HardStop);
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut done).await;
     }
-    anchor.abort();
-    shared.stats.log("shutdown");
+    resolver.abort();
+    let _ = thread.join();
+    stats.log("shutdown");
     Ok(())
 }
 
-/// A timer that is always due within a second. Tokio wakes its event loop
-/// (a write to an eventfd) whenever a new timer is due before every timer
-/// it already has; with short connections coming and going, each one's
-/// timeout was often the earliest and cost that write. With this one in
-/// place, a connection's timeout (at least a second away) never is.
-async fn timer_anchor() {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
+/// Resolve backend names for the event loop, each lookup on tokio's
+/// blocking pool, and send the answers back.
+async fn resolve_names(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Resolve>,
+    handle: EngineHandle,
+) {
+    while let Some(r) = rx.recv().await {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let addrs = tokio::net::lookup_host((r.name.as_str(), r.port))
+                .await
+                .map(|a| a.collect())
+                .map_err(|e| format!("cannot resolve {}: {e}", r.name));
+            handle.send(Command::Resolved {
+                conn: r.conn,
+                generation: r.generation,
+                addrs,
+            });
+        });
     }
 }
 
+/// Split a bound listen spec into what the control plane keeps and the
+/// sockets the event loop serves.
+fn running_of(b: BoundListener) -> io::Result<(Listen, Running, Vec<std::net::TcpListener>)> {
+    let addrs = b
+        .sockets
+        .iter()
+        .map(std::net::TcpListener::local_addr)
+        .collect::<io::Result<Vec<_>>>()?;
+    let key = b.mapping.listen;
+    let r = Running {
+        mapping: Arc::new(b.mapping),
+        addrs,
+        activated: b.activated,
+    };
+    Ok((key, r, b.sockets))
+}
+
 fn describe(r: &Running) -> String {
-    let m = r.mapping.borrow();
+    let m = &r.mapping;
     let addrs: Vec<String> = r.addrs.iter().map(ToString::to_string).collect();
     format!(
         "{} -> {} [{}{}{}]",
@@ -389,35 +413,11 @@ fn describe(r: &Running) -> String {
     )
 }
 
-fn start_listener(b: BoundListener, shared: &Arc<Shared>) -> io::Result<Running> {
-    let (tx, _) = watch::channel(Arc::new(b.mapping));
-    let stop = CancellationToken::new();
-    let mut addrs = Vec::new();
-    let mut tasks = Vec::new();
-    for socket in b.sockets {
-        let listener = TcpListener::from_std(socket)?;
-        addrs.push(listener.local_addr()?);
-        tasks.push(tokio::spawn(accept_loop(
-            listener,
-            tx.subscribe(),
-            stop.clone(),
-            Arc::clone(shared),
-        )));
-    }
-    Ok(Running {
-        mapping: tx,
-        stop,
-        addrs,
-        activated: b.activated,
-        tasks,
-    })
-}
-
 fn apply_reload(
     new: Config,
     running: &mut HashMap<Listen, Running>,
-    shared: &Arc<Shared>,
-    user: &mut String,
+    handle: &EngineHandle,
+    settings: &mut Arc<ProxySettings>,
 ) {
     if let Err(e) = validate_for_proxy(&new) {
         error!("SIGHUP: new configuration rejected, the old one keeps serving: {e}");
@@ -431,13 +431,17 @@ fn apply_reload(
         let keep = wanted.contains_key(listen);
         if !keep {
             info!("SIGHUP: closing {}", describe(r));
-            r.stop.cancel();
+            handle.send(Command::Unlisten { key: *listen });
         }
         keep
     });
     for m in &new.mappings {
-        if let Some(r) = running.get(&m.listen) {
-            r.mapping.send_replace(Arc::new(m.clone()));
+        if let Some(r) = running.get_mut(&m.listen) {
+            r.mapping = Arc::new(m.clone());
+            handle.send(Command::Remap {
+                key: m.listen,
+                mapping: Arc::clone(&r.mapping),
+            });
             kept.push(m.listen.to_string());
             continue;
         }
@@ -446,10 +450,15 @@ fn apply_reload(
             sockets,
             activated: false,
         });
-        match bound.and_then(|b| start_listener(b, shared)) {
-            Ok(r) => {
+        match bound.and_then(running_of) {
+            Ok((key, r, sockets)) => {
                 added.push(describe(&r));
-                running.insert(m.listen, r);
+                handle.send(Command::Listen {
+                    key,
+                    mapping: Arc::clone(&r.mapping),
+                    sockets,
+                });
+                running.insert(key, r);
             }
             Err(e) => {
                 error!(
@@ -460,31 +469,16 @@ fn apply_reload(
             }
         }
     }
-    // Connection limit: grow at once; shrink by withholding permits as
-    // connections end.
-    let new_max = new.proxy.max_connections.get();
-    if let Ok(mut max) = shared.max_connections.lock() {
-        if new_max > *max {
-            shared.limit.add_permits(new_max - *max);
-        } else if new_max < *max {
-            let fewer = u32::try_from(*max - new_max).unwrap_or(u32::MAX);
-            let limit = Arc::clone(&shared.limit);
-            tokio::spawn(async move {
-                if let Ok(p) = limit.acquire_many_owned(fewer).await {
-                    p.forget();
-                }
-            });
-        }
-        *max = new_max;
-    }
-    if new.proxy.user != *user {
+    // Connection limit: at once; a lower one lets live connections end
+    // before accepting resumes.
+    if new.proxy.user != settings.user {
         warn!(
             "SIGHUP: proxy.user changed to {:?}; it takes effect at the next start",
             new.proxy.user
         );
-        *user = new.proxy.user.clone();
     }
-    shared.settings.send_replace(Arc::new(new.proxy));
+    *settings = Arc::new(new.proxy);
+    handle.send(Command::Settings(Arc::clone(settings)));
     info!(
         "reloaded configuration: kept [{}], added [{}], failed [{}]",
         kept.join(", "),
@@ -513,349 +507,10 @@ fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    mapping: watch::Receiver<Arc<Mapping>>,
-    stop: CancellationToken,
-    shared: Arc<Shared>,
-) {
-    const MIN_BACKOFF: Duration = Duration::from_millis(10);
-    const MAX_BACKOFF: Duration = Duration::from_secs(1);
-    let mut backoff = Duration::ZERO;
-    let mut failures = 0u64;
-    // One wait on `stop` for the loop's life, not one registration per accept.
-    let mut stopped = std::pin::pin!(stop.cancelled());
-    loop {
-        // Pause accepting at max_connections: clients wait in the backlog
-        // instead of being refused.
-        let permit = tokio::select! {
-            p = Arc::clone(&shared.limit).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            () = &mut stopped => return,
-        };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = &mut stopped => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                if failures > 0 {
-                    info!("accepting again after {failures} failed accept(s)");
-                    failures = 0;
-                }
-                backoff = Duration::ZERO;
-                let m = Arc::clone(&mapping.borrow());
-                let shared2 = Arc::clone(&shared);
-                shared
-                    .tracker
-                    .spawn(handle(stream, peer, m, shared2, permit));
-            }
-            Err(e) => {
-                inc(&shared.stats.accept_errors);
-                failures += 1;
-                drop(permit);
-                if is_resource_error(&e) {
-                    // The pending connection keeps the listener readable: back
-                    // off (doubling up to 1 s) instead of spinning on it.
-                    backoff = (backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
-                    if failures == 1 {
-                        warn!(
-                            "accept on {:?}: {e}; backing off and retrying",
-                            listener.local_addr().ok()
-                        );
-                    }
-                } else {
-                    // Per-connection errors (ECONNABORTED and the like).
-                    debug!("accept: {e}");
-                    backoff = Duration::ZERO;
-                    continue;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = &mut stopped => return,
-                }
-            }
-        }
-    }
-}
-
-/// Counts a connection as active for its lifetime.
-struct ActiveGuard<'a>(&'a Stats);
-
-impl<'a> ActiveGuard<'a> {
-    fn new(stats: &'a Stats) -> Self {
-        inc(&stats.accepted);
-        stats
-            .active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ActiveGuard(stats)
-    }
-}
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0
-            .active
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// A log event about one connection, naming its client and mapping. Fields
-/// are evaluated only when the level is enabled: unlike a span per
-/// connection, nothing is formatted or allocated for a connection that
-/// logs nothing.
-macro_rules! conn_log {
-    ($level:ident, $peer:expr, $mapping:expr, $($arg:tt)+) => {
-        tracing::$level!(client = %unmap($peer), mapping = %$mapping.label(), $($arg)+)
-    };
-}
-
-async fn handle(
-    client: TcpStream,
-    peer: SocketAddr,
-    mapping: Arc<Mapping>,
-    shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let _active = ActiveGuard::new(&shared.stats);
-    let settings = Arc::clone(&shared.settings.borrow());
-    // TCP_NODELAY: inherited from the listener (see listen.rs).
-    // The accepted socket's own address: only a PROXY header and the
-    // "this machine" target need it (one getsockname saved otherwise).
-    let needs_local = mapping.proxy_protocol != ProxyProtocol::Off
-        || matches!(mapping.target.host, TargetHost::Local);
-    let local = if needs_local {
-        match client.local_addr() {
-            Ok(a) => Some(a),
-            Err(e) => {
-                conn_log!(
-                    debug,
-                    peer,
-                    mapping,
-                    "client gone before it was served: {e}"
-                );
-                return;
-            }
-        }
-    } else {
-        None
-    };
-    let connect = connect_backend(
-        &mapping.target,
-        local,
-        settings.connect_timeout,
-        &shared.stats,
-    );
-    let backend = tokio::select! {
-        r = connect => r,
-        () = shared.hard_stop.cancelled() => Err("shutting down".to_owned()),
-    };
-    let backend = match backend {
-        Ok(b) => b,
-        Err(why) => {
-            conn_log!(
-                warn,
-                peer,
-                mapping,
-                "no backend for {}: {why}; closing the client",
-                mapping.target
-            );
-            inc(&shared.stats.refused);
-            relay::arm_reset(&client);
-            return;
-        }
-    };
-    // TCP_NODELAY: set before connecting (connect_one).
-    conn_log!(debug, peer, mapping, backend = ?backend.peer_addr().ok(), "connected");
-    if let (ProxyProtocol::V1 | ProxyProtocol::V2, Some(local)) = (mapping.proxy_protocol, local) {
-        let header = proxy_protocol::header(mapping.proxy_protocol, peer, local);
-        if let Err(e) = relay::write_all(&backend, &header).await {
-            conn_log!(
-                warn,
-                peer,
-                mapping,
-                "cannot send the PROXY header to the backend: {e}"
-            );
-            inc(&shared.stats.resets);
-            relay::arm_reset(&client);
-            relay::arm_reset(&backend);
-            return;
-        }
-    }
-    let timeouts = Timeouts {
-        idle: settings.idle_timeout,
-        fin: settings.fin_timeout,
-    };
-    let outcome = relay::relay(
-        &client,
-        &backend,
-        &shared.pool,
-        &shared.stats,
-        timeouts,
-        &shared.hard_stop,
-    )
-    .await;
-    match outcome {
-        Outcome::Closed => conn_log!(debug, peer, mapping, "closed"),
-        Outcome::IdleTimeout => {
-            inc(&shared.stats.idle_timeouts);
-            conn_log!(debug, peer, mapping, "idle for {:?}: closed", timeouts.idle);
-        }
-        Outcome::FinTimeout => {
-            inc(&shared.stats.fin_timeouts);
-            conn_log!(
-                debug,
-                peer,
-                mapping,
-                "half-closed for {:?}: closed",
-                timeouts.fin
-            );
-        }
-        Outcome::Failed(e) => {
-            inc(&shared.stats.resets);
-            conn_log!(debug, peer, mapping, "{e}: resetting both sides");
-            relay::arm_reset(&client);
-            relay::arm_reset(&backend);
-        }
-        Outcome::Shutdown => {
-            inc(&shared.stats.shutdown_resets);
-            conn_log!(
-                debug,
-                peer,
-                mapping,
-                "shutdown_timeout ran out: resetting both sides"
-            );
-            relay::arm_reset(&client);
-            relay::arm_reset(&backend);
-        }
-    }
-}
-
-/// Connect to each address of the target in turn, each with its own timeout.
-async fn connect_backend(
-    target: &Target,
-    local: Option<SocketAddr>,
-    timeout: Duration,
-    stats: &Stats,
-) -> Result<TcpStream, String> {
-    let port = target.port.get();
-    let addrs: Vec<SocketAddr> = match &target.host {
-        // "This machine": loopback, in the family the client came in first.
-        TargetHost::Local => {
-            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-            let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port);
-            if local.is_some_and(|l| unmap(l).is_ipv6()) {
-                vec![v6, v4]
-            } else {
-                vec![v4, v6]
-            }
-        }
-        TargetHost::Ip(ip) => vec![SocketAddr::new(*ip, port)],
-        TargetHost::Name(name) => tokio::net::lookup_host((name.as_str(), port))
-            .await
-            .map_err(|e| format!("cannot resolve {name}: {e}"))?
-            .collect(),
-    };
-    let mut failures = Vec::new();
-    for addr in addrs {
-        let attempt = match connect_one(addr, timeout).await {
-            Ok(stream) => return Ok(stream),
-            Err(Attempt::Socket(e)) => format!("{addr}: cannot make a socket: {e}"),
-            Err(Attempt::Failed(e)) => format!("{addr}: {e}"),
-            Err(Attempt::TimedOut) => {
-                format!("{addr}: no answer within connect_timeout {timeout:?}")
-            }
-        };
-        inc(&stats.connect_errors);
-        failures.push(attempt);
-    }
-    if failures.is_empty() {
-        failures.push("the name resolved to no address".to_owned());
-    }
-    Err(failures.join("; "))
-}
-
-/// Why one connect attempt failed.
-enum Attempt {
-    Socket(io::Error),
-    Failed(io::Error),
-    TimedOut,
-}
-
-/// One non-blocking connect, with TCP_NODELAY set before it. On loopback
-/// (and often on a LAN) the handshake is over by the time connect(2)
-/// returns EINPROGRESS: a zero-timeout poll(2) sees it, and the connection
-/// goes on without a trip through the event loop or a timer. Otherwise it
-/// waits for writability, at most `timeout`.
-async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Attempt> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking(),
-        Some(Protocol::TCP),
-    )
-    .map_err(Attempt::Socket)?;
-    socket.set_tcp_nodelay(true).map_err(Attempt::Socket)?;
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(Attempt::Failed(e)),
-    }
-    let now = handshake_now(&socket);
-    let stream = TcpStream::from_std(socket.into()).map_err(Attempt::Socket)?;
-    match now {
-        // Connected, and no error pending: nothing more to ask.
-        Handshake::Connected => return Ok(stream),
-        Handshake::Ended => {}
-        Handshake::Pending => match tokio::time::timeout(timeout, stream.writable()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Attempt::Failed(e)),
-            Err(_) => return Err(Attempt::TimedOut),
-        },
-    }
-    // Writable means the handshake ended: in a connection or an error.
-    match stream.take_error() {
-        Ok(None) => Ok(stream),
-        Ok(Some(e)) | Err(e) => Err(Attempt::Failed(e)),
-    }
-}
-
-/// Where a connecting socket's handshake stands right now.
-enum Handshake {
-    /// Writable with no error flagged.
-    Connected,
-    /// Over, with an error flagged (SO_ERROR tells which).
-    Ended,
-    /// Still going.
-    Pending,
-}
-
-fn handshake_now(socket: &socket2::Socket) -> Handshake {
-    use std::os::fd::AsRawFd;
-    let mut pfd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for a socket we own, and a zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    if n != 1 {
-        Handshake::Pending
-    } else if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-        Handshake::Ended
-    } else if pfd.revents & libc::POLLOUT != 0 {
-        Handshake::Connected
-    } else {
-        Handshake::Pending
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mapping::{Listen, Protocol};
+    use crate::mapping::{Listen, Protocol, Target, TargetHost};
     use std::num::NonZeroU16;
 
     fn mapping(protocol: Protocol) -> Mapping {

@@ -469,14 +469,14 @@ fn apply_reload(
             }
         }
     }
-    // Connection limit: at once; a lower one lets live connections end
-    // before accepting resumes.
     if new.proxy.user != settings.user {
         warn!(
             "SIGHUP: proxy.user changed to {:?}; it takes effect at the next start",
             new.proxy.user
         );
     }
+    // Timeouts apply to live connections from their next timer on; a lower
+    // max_connections lets live connections end before accepting resumes.
     *settings = Arc::new(new.proxy);
     handle.send(Command::Settings(Arc::clone(settings)));
     info!(

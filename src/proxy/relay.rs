@@ -455,3 +455,88 @@ impl Pump {
 pub fn arm_reset(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A connected, non-blocking pair of loopback sockets: (ours, peer).
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (ours, _) = l.accept().expect("accept");
+        ours.set_nonblocking(true).expect("nonblocking");
+        (ours, peer)
+    }
+
+    /// The last bytes and the FIN arrive together and are reported by one
+    /// event: the read that takes the bytes comes back short, and no new
+    /// edge will announce the FIN still queued behind them. The direction
+    /// must still see its end and pass it on.
+    #[test]
+    fn a_fin_behind_the_last_bytes_is_not_lost() {
+        let (client, mut client_peer) = pair();
+        let (backend, mut backend_peer) = pair();
+        client_peer.write_all(b"last words").expect("write");
+        client_peer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        std::thread::sleep(Duration::from_millis(50));
+
+        let mut src = End::new(client, false, true);
+        let mut dst = End::new(backend, false, true);
+        // What epoll reports for it: EPOLLIN | EPOLLRDHUP.
+        src.saw(true, false, true);
+        let (pool, stats) = (PipePool::new(4096), Stats::default());
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let mut ctx = Ctx {
+            pool: &pool,
+            stats: &stats,
+            buf: &mut buf,
+            moved: false,
+        };
+        let mut pump = Pump::new(Direction::ToBackend);
+        let wait = pump
+            .step(&mut src, &mut dst, &mut ctx, false)
+            .expect("step");
+        assert_eq!(wait, Wait::Done, "the FIN was not seen");
+        backend_peer
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        backend_peer.read_to_end(&mut got).expect("read to the FIN");
+        assert_eq!(got, b"last words");
+    }
+
+    /// Without a FIN, a short read means the queue is empty: the direction
+    /// waits for the next event instead of spending a read on EAGAIN.
+    #[test]
+    fn a_short_read_waits_for_the_next_event() {
+        let (client, mut client_peer) = pair();
+        let (backend, mut backend_peer) = pair();
+        client_peer.write_all(b"hello").expect("write");
+        std::thread::sleep(Duration::from_millis(50));
+        let mut src = End::new(client, false, true);
+        let mut dst = End::new(backend, false, true);
+        src.saw(true, false, false);
+        let (pool, stats) = (PipePool::new(4096), Stats::default());
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let mut ctx = Ctx {
+            pool: &pool,
+            stats: &stats,
+            buf: &mut buf,
+            moved: false,
+        };
+        let mut pump = Pump::new(Direction::ToBackend);
+        let wait = pump
+            .step(&mut src, &mut dst, &mut ctx, false)
+            .expect("step");
+        assert_eq!(wait, Wait::Read);
+        assert!(!src.readable);
+        assert!(ctx.moved);
+        let mut got = [0u8; 5];
+        backend_peer.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"hello");
+    }
+}

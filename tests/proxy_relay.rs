@@ -247,6 +247,53 @@ fn backend_down_closes_the_client_at_once() {
     proxy.expect_line("no backend for 8089", Duration::from_secs(5));
 }
 
+/// A target given by name is resolved for each connection (off the relay's
+/// event loop) and served; a name that does not resolve gets the client
+/// closed at once, with the reason in the log.
+#[test]
+fn backend_names_are_resolved() {
+    if !require_root("backend_names_are_resolved") {
+        return;
+    }
+    let ns = Netns::new("pxname");
+    echo_server(&ns, "127.0.0.1:8086");
+    let dir = temp_dir("name");
+    let cfg = config(
+        &dir,
+        "  - listen: 9086\n    to: \"localhost:8086\"\n  - listen: 9087\n    to: \"no-such-host.invalid:8087\"\n",
+        "  connect_timeout: 2s\n",
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+    for i in 0..3 {
+        let mut c = connect_in(&ns, "127.0.0.1:9086").expect("connect");
+        round_trip(&mut c, format!("by name {i}").as_bytes()).expect("echo through localhost");
+    }
+
+    let start = Instant::now();
+    let mut c = connect_in(&ns, "127.0.0.1:9087").expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 8];
+    match c.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if is_reset(&e) => {}
+        other => panic!("expected a close, got {other:?}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        start.elapsed()
+    );
+    let line = proxy.expect_line(
+        "no backend for no-such-host.invalid:8087",
+        Duration::from_secs(5),
+    );
+    assert!(
+        line.contains("cannot resolve no-such-host.invalid"),
+        "{line}"
+    );
+}
+
 /// SYNs to the target are dropped (an nft rule in the test namespace): each
 /// address gets its own connect_timeout, then the next is tried; when all
 /// time out the client is closed.

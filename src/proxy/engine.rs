@@ -531,11 +531,9 @@ impl Engine {
         inc(&self.stats.accepted);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         // TCP_NODELAY: inherited from the listener (see listen.rs). The
-        // accepted socket's own address: only a PROXY header and the "this
-        // machine" target need it (one getsockname saved otherwise).
-        let needs_local = mapping.proxy_protocol != ProxyProtocol::Off
-            || matches!(mapping.target.host, TargetHost::Local);
-        let local = if needs_local {
+        // accepted socket's own address: only a PROXY header needs it (one
+        // getsockname per connection saved otherwise).
+        let local = if mapping.proxy_protocol != ProxyProtocol::Off {
             match client.local_addr() {
                 Ok(a) => Some(a),
                 Err(e) => {
@@ -556,11 +554,13 @@ impl Engine {
         };
         let port = mapping.target.port.get();
         let (addrs, name) = match &mapping.target.host {
-            // "This machine": loopback, in the family the client came in first.
+            // "This machine": loopback, in the family the client came in
+            // first (a connection's two addresses share their family, and
+            // a dual-stack socket's IPv4 clients are unmapped here).
             TargetHost::Local => {
                 let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
                 let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port);
-                if local.is_some_and(|l| unmap(l).is_ipv6()) {
+                if unmap(peer).is_ipv6() {
                     (vec![v6, v4], None)
                 } else {
                     (vec![v4, v6], None)
@@ -818,10 +818,15 @@ impl Engine {
             self.finish(key, Outcome::Closed);
             return;
         }
-        // Client: read for ToBackend, write for ToClient; backend the reverse.
+        // Client: read for ToBackend, write for ToClient; backend the
+        // reverse. Reading is switched off only while its direction waits to
+        // write (the bulk case, where every arriving segment would wake the
+        // loop); a direction that is over leaves it on, since nothing but a
+        // reset can come any more and switching it off would cost a syscall
+        // at the end of every connection.
         let want = [
-            flags(waits[0] == Wait::Read, waits[1] == Wait::Write),
-            flags(waits[1] == Wait::Read, waits[0] == Wait::Write),
+            flags(waits[0] != Wait::Write, waits[1] == Wait::Write),
+            flags(waits[1] != Wait::Write, waits[0] == Wait::Write),
         ];
         let mut problem = None;
         for (side, want) in want.into_iter().enumerate() {

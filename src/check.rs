@@ -452,7 +452,7 @@ impl Listeners {
             ("udp", L4::Udp, "07"),
             ("udp6", L4::Udp, "07"),
         ] {
-            let Ok(text) = std::fs::read_to_string(format!("/proc/self/net/{file}")) else {
+            let Ok(text) = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")) else {
                 continue;
             };
             all.extend(parse_proc_net(&text, l4, state));

@@ -471,6 +471,72 @@ fn rejected_restore_leaves_the_old_rules_serving(fl: Flavor) {
     assert_reaches(&lan.host, "127.0.0.1:80", 8080, None);
 }
 
+/// IPv4 and IPv6 are separate restores (and each table its own COMMIT):
+/// when the IPv6 one is rejected after the IPv4 one went through, the IPv4
+/// rules are put back as they were, and the old rules serve both families.
+fn rejected_ipv6_restore_rolls_back_ipv4(fl: Flavor) {
+    use lowport::firewall::iptables::{Iptables, IptablesFlavor};
+    use lowport::firewall::{plan, Backend, FirewallError, SystemHost};
+    let mut lan = Lan::new("irb6");
+    lan.host.start_backend("[::]:8080");
+    lan.host.start_backend("[::]:9090");
+    fl.lowport_ok(&lan.host, &["-m", "80:8080", "rules", "apply"]);
+    let before = fl.lowport_lines(&lan.host);
+    assert!(before.iter().any(|l| l.starts_with("6/")), "{before:?}");
+
+    let mapping = lowport::config::parse_spec("80:9090", 0).expect("spec");
+    let new = plan::plan(&[mapping], &SystemHost).expect("plan").rules;
+    let flavor = if fl.0 == "nft" {
+        IptablesFlavor::Nft
+    } else {
+        IptablesFlavor::Legacy
+    };
+    let result = lan.host.enter(move || {
+        let mut backend = Iptables::new(flavor);
+        backend.reject_next_ipv6_restore_for_tests();
+        backend.apply(&new)
+    });
+    assert!(
+        matches!(result, Err(FirewallError::BatchRejected(_))),
+        "{result:?}"
+    );
+    assert_eq!(
+        fl.lowport_lines(&lan.host),
+        before,
+        "the IPv4 rules were not put back"
+    );
+    fl.lowport_ok(&lan.host, &["rules", "show"]);
+    assert_reaches(
+        &lan.remote,
+        &format!("{}:80", Lan::HOST_V4),
+        8080,
+        Some(Lan::REMOTE_V4),
+    );
+    assert_reaches(
+        &lan.remote,
+        &format!("[{}]:80", Lan::HOST_V6),
+        8080,
+        Some(Lan::REMOTE_V6),
+    );
+    assert_reaches(&lan.host, "127.0.0.1:80", 8080, None);
+
+    // From nothing: a rejected IPv6 restore leaves no IPv4 rules behind.
+    fl.lowport_ok(&lan.host, &["rules", "remove"]);
+    let new = plan::plan(
+        &[lowport::config::parse_spec("80:9090", 0).expect("spec")],
+        &SystemHost,
+    )
+    .expect("plan")
+    .rules;
+    let result = lan.host.enter(move || {
+        let mut backend = Iptables::new(flavor);
+        backend.reject_next_ipv6_restore_for_tests();
+        backend.apply(&new)
+    });
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(fl.lowport_lines(&lan.host), Vec::<String>::new());
+}
+
 macro_rules! both_flavors {
     ($($test:ident),* $(,)?) => {
         mod nft {
@@ -508,6 +574,7 @@ both_flavors!(
     dry_run_is_the_restore_input,
     foreign_rule_is_reported_and_replaced,
     rejected_restore_leaves_the_old_rules_serving,
+    rejected_ipv6_restore_rolls_back_ipv4,
 );
 
 /// `--backend auto` joins legacy iptables when legacy NAT rules are in

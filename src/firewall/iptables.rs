@@ -14,7 +14,11 @@
 //!
 //! Each restore input has one `*table … COMMIT` block per table, so each
 //! table changes atomically: a restore the kernel (or the parser) rejects
-//! changes nothing in that table, and the previous rules keep serving.
+//! changes nothing in that table. IPv4 and IPv6 are separate restores, and
+//! raw is committed before nat: when a later block is rejected, apply puts
+//! back every table that changed from what it read before (its chains,
+//! their rules as `iptables-save` printed them, and the jumps), so the
+//! previous rules keep serving.
 //! A chain declaration (`:LOWPORT-OUTPUT - [0:0]`) creates the chain or, in
 //! `--noflush` mode, empties it; old jumps are deleted by their exact spec
 //! as read from `iptables-save`, then the new jump is inserted at position 1.
@@ -138,12 +142,14 @@ impl IptablesFlavor {
 }
 
 /// Is a legacy (x_tables) table registered in this network namespace?
-/// Read from `/proc/net/ip{,6}_tables_names`, which lists only tables
-/// that exist, so asking never creates one.
+/// Read from `/proc/thread-self/net/ip{,6}_tables_names`, which lists only
+/// tables that exist, so asking never creates one. (`/proc/net` is the
+/// namespace of the process's main thread, not of a thread that entered
+/// another one.)
 pub fn legacy_table_loaded(family: Family, table: &str) -> bool {
     let path = match family {
-        Family::V4 => "/proc/net/ip_tables_names",
-        Family::V6 => "/proc/net/ip6_tables_names",
+        Family::V4 => "/proc/thread-self/net/ip_tables_names",
+        Family::V6 => "/proc/thread-self/net/ip6_tables_names",
     };
     std::fs::read_to_string(path).is_ok_and(|t| t.lines().any(|l| l.trim() == table))
 }
@@ -182,8 +188,9 @@ pub fn save(flavor: IptablesFlavor, family: Family, table: &str) -> io::Result<S
 #[derive(Debug, Clone)]
 pub struct Iptables {
     flavor: IptablesFlavor,
-    /// Tests only: make the next apply's restore input invalid.
-    reject_next_restore: bool,
+    /// Tests only: make the next apply's restore input for this family
+    /// invalid.
+    reject_next_restore: Option<Family>,
 }
 
 /// What of lowport's is in one table of one family now.
@@ -205,7 +212,7 @@ impl TableState {
 }
 
 /// The tables lowport uses in one family.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct FamilyState {
     nat: TableState,
     raw: TableState,
@@ -222,16 +229,23 @@ impl Iptables {
     pub fn new(flavor: IptablesFlavor) -> Iptables {
         Iptables {
             flavor,
-            reject_next_restore: false,
+            reject_next_restore: None,
         }
     }
 
-    /// For tests: the next `apply` sends its restore input with one more
-    /// rule, in the nat table, that jumps to a chain that does not exist, so
-    /// that iptables-restore rejects the table's COMMIT.
+    /// For tests: the next `apply` sends its IPv4 restore input with one
+    /// more rule, in the nat table, that jumps to a chain that does not
+    /// exist, so that iptables-restore rejects the table's COMMIT.
     #[doc(hidden)]
     pub fn reject_next_restore_for_tests(&mut self) {
-        self.reject_next_restore = true;
+        self.reject_next_restore = Some(Family::V4);
+    }
+
+    /// For tests: like [`Iptables::reject_next_restore_for_tests`], for the
+    /// IPv6 input, which is restored after the IPv4 one has been committed.
+    #[doc(hidden)]
+    pub fn reject_next_ipv6_restore_for_tests(&mut self) {
+        self.reject_next_restore = Some(Family::V6);
     }
 
     /// The backend for the flavour [`IptablesFlavor::detect`] picks.
@@ -362,6 +376,20 @@ impl Iptables {
             .collect()
     }
 
+    /// Put back what `previous` says each family held, where it changed.
+    fn roll_back(&self, previous: &[(Family, FamilyState)]) -> io::Result<()> {
+        for (family, before) in previous {
+            let now = self.read_state(*family)?;
+            if now == *before {
+                continue;
+            }
+            let input = render_rollback(before, &now);
+            tracing::debug!(%family, input = %input, "iptables-restore (rolling back)");
+            self.restore(*family, &input)?;
+        }
+        Ok(())
+    }
+
     fn states(&self) -> io::Result<Vec<(Family, FamilyState)>> {
         Self::families()
             .into_iter()
@@ -425,6 +453,43 @@ impl<'a> TableText<'a> {
         }
         let _ = writeln!(out, "COMMIT");
     }
+}
+
+/// Restore input that turns the tables from `now` back into `before`: the
+/// chains lowport had, with their rules as `iptables-save` printed them, and
+/// their jumps at the head of the built-in chains, where lowport puts them.
+fn render_rollback(before: &FamilyState, now: &FamilyState) -> String {
+    let mut out = String::new();
+    for (table, before, now) in [
+        ("raw", &before.raw, &now.raw),
+        ("nat", &before.nat, &now.nat),
+    ] {
+        if before == now {
+            continue;
+        }
+        let _ = writeln!(out, "*{table}");
+        for chain in &before.chains {
+            // Creates the chain, or (with --noflush) empties it.
+            let _ = writeln!(out, ":{chain} - [0:0]");
+        }
+        for jump in &now.jumps {
+            let _ = writeln!(out, "-D {jump}");
+        }
+        for chain in &now.chains {
+            if !before.chains.contains(chain) {
+                let _ = writeln!(out, "-F {chain}\n-X {chain}");
+            }
+        }
+        for (chain, rest) in &before.rules {
+            let _ = writeln!(out, "-A {chain} {rest}");
+        }
+        for jump in before.jumps.iter().rev() {
+            let (chain, rest) = jump.split_once(' ').unwrap_or((jump, ""));
+            let _ = writeln!(out, "-I {chain} 1 {rest}");
+        }
+        let _ = writeln!(out, "COMMIT");
+    }
+    out
 }
 
 /// The built-in chain that jumps to one of lowport's.
@@ -757,8 +822,8 @@ impl Backend for Iptables {
     fn apply(&mut self, rules: &RuleSet) -> Result<(), FirewallError> {
         let states = self.states().map_err(FirewallError::List)?;
         let mut inputs = self.render_all(rules, &states);
-        if std::mem::take(&mut self.reject_next_restore) {
-            if let Some((_, input)) = inputs.first_mut() {
+        if let Some(reject) = self.reject_next_restore.take() {
+            if let Some((_, input)) = inputs.iter_mut().find(|(f, _)| *f == reject) {
                 if let Some(at) = input.rfind("COMMIT") {
                     input.insert_str(at, "-A PREROUTING -j LOWPORT-NO-SUCH-CHAIN\n");
                 }
@@ -766,15 +831,18 @@ impl Backend for Iptables {
         }
         for (i, (family, input)) in inputs.iter().enumerate() {
             tracing::debug!(%family, input = %input, "iptables-restore");
-            self.restore(*family, input).map_err(|e| {
-                if i == 0 {
-                    rejected(e)
-                } else {
-                    FirewallError::Other(format!(
-                        "{e}\n(the IPv4 rules were replaced; the previous {family} rules are still serving)"
-                    ))
-                }
-            })?;
+            if let Err(e) = self.restore(*family, input) {
+                // Each COMMIT is its own transaction: an earlier family, or
+                // this family's raw table, may hold new rules already.
+                return match self.roll_back(&states[..=i]) {
+                    Ok(()) => Err(rejected(e)),
+                    Err(again) => Err(FirewallError::Other(format!(
+                        "iptables-restore rejected the {family} rules: {e}; putting the \
+                         previous rules back failed too ({again}), so lowport's chains may \
+                         hold part of each: see `lowport rules show`, then apply again"
+                    ))),
+                };
+            }
         }
         Ok(())
     }
@@ -982,6 +1050,42 @@ mod tests {
             tokenize(r#"-m comment --comment "web [0]" -j X"#),
             vec!["-m", "comment", "--comment", "web [0]", "-j", "X"]
         );
+    }
+
+    #[test]
+    fn rollback_restores_chains_rules_and_jumps_as_saved() {
+        let before = FamilyState {
+            nat: parse_save(
+                ":PREROUTING ACCEPT [0:0]\n:LOWPORT-PREROUTING - [0:0]\n\
+                 -A PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING\n\
+                 -A LOWPORT-PREROUTING -p tcp -m tcp --dport 80 -m comment --comment \"web [0]\" -j REDIRECT --to-ports 8080\n",
+            ),
+            raw: TableState::default(),
+        };
+        let now = FamilyState {
+            nat: parse_save(
+                ":PREROUTING ACCEPT [0:0]\n:LOWPORT-PREROUTING - [0:0]\n:LOWPORT-POSTROUTING - [0:0]\n\
+                 -A PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING\n\
+                 -A POSTROUTING -m comment --comment lowport -j LOWPORT-POSTROUTING\n\
+                 -A LOWPORT-PREROUTING -p tcp -m tcp --dport 80 -m comment --comment \"web [0]\" -j REDIRECT --to-ports 9090\n",
+            ),
+            raw: TableState::default(),
+        };
+        let text = render_rollback(&before, &now);
+        assert_eq!(
+            text,
+            "*nat\n\
+             :LOWPORT-PREROUTING - [0:0]\n\
+             -D PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING\n\
+             -D POSTROUTING -m comment --comment lowport -j LOWPORT-POSTROUTING\n\
+             -F LOWPORT-POSTROUTING\n\
+             -X LOWPORT-POSTROUTING\n\
+             -A LOWPORT-PREROUTING -p tcp -m tcp --dport 80 -m comment --comment \"web [0]\" -j REDIRECT --to-ports 8080\n\
+             -I PREROUTING 1 -m comment --comment lowport -j LOWPORT-PREROUTING\n\
+             COMMIT\n"
+        );
+        // Nothing changed: nothing to send (raw untouched above as well).
+        assert_eq!(render_rollback(&before, &before), "");
     }
 
     #[test]

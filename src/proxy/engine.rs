@@ -274,47 +274,59 @@ impl Engine {
     /// Run until drained or hard-stopped.
     pub fn run(mut self) -> io::Result<()> {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(EVENTS);
-        loop {
-            if self.draining && self.active == 0 {
-                return Ok(());
-            }
-            let timeout = self.timers.peek().map(|Reverse((due, _, _))| {
-                let ms = due.saturating_sub(self.now);
-                rustix::event::Timespec {
-                    tv_sec: (ms / 1000) as i64,
-                    tv_nsec: ((ms % 1000) * 1_000_000) as i64,
-                }
-            });
-            events.clear();
-            match epoll::wait(
-                &self.epoll,
-                rustix::buffer::spare_capacity(&mut events),
-                timeout.as_ref(),
-            ) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            self.now = ms(self.start.elapsed());
-            let mut stop = false;
-            for ev in &events {
-                let d = ev.data.u64();
-                if d == WAKE {
-                    stop |= self.commands();
-                } else {
-                    self.event((d >> 1) as usize, (d & 1) as usize, ev.flags);
-                }
-            }
-            if stop {
+        while !(self.draining && self.active == 0) {
+            if self.turn(&mut events, None)? {
                 self.hard_stop();
                 return Ok(());
             }
-            self.fire_timers();
-            if self.paused && self.active < self.settings.max_connections.get() {
-                self.paused = false;
-                self.accept_everywhere();
+        }
+        Ok(())
+    }
+
+    /// One wait and what it brought: events, commands, timers. `max_ms`
+    /// bounds the wait (tests drive the loop this way). True on HardStop.
+    fn turn(&mut self, events: &mut Vec<epoll::Event>, max_ms: Option<u64>) -> io::Result<bool> {
+        let due = self
+            .timers
+            .peek()
+            .map(|Reverse((due, _, _))| due.saturating_sub(self.now));
+        let wait_ms = match (due, max_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = wait_ms.map(|ms| rustix::event::Timespec {
+            tv_sec: (ms / 1000) as i64,
+            tv_nsec: ((ms % 1000) * 1_000_000) as i64,
+        });
+        events.clear();
+        match epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(events),
+            timeout.as_ref(),
+        ) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.now = ms(self.start.elapsed());
+        let mut stop = false;
+        for ev in events.iter() {
+            let d = ev.data.u64();
+            if d == WAKE {
+                stop |= self.commands();
+            } else {
+                self.event((d >> 1) as usize, (d & 1) as usize, ev.flags);
             }
         }
+        if stop {
+            return Ok(true);
+        }
+        self.fire_timers();
+        if self.paused && self.active < self.settings.max_connections.get() {
+            self.paused = false;
+            self.accept_everywhere();
+        }
+        Ok(false)
     }
 
     // ---- commands -------------------------------------------------------
@@ -925,10 +937,28 @@ impl Engine {
             self.entries.remove(key);
             self.active -= 1;
             self.stats.active.fetch_sub(1, Ordering::Relaxed);
+            // An ended connection's timer stays queued until it is due
+            // (idle_timeout away): drop such entries once they outnumber
+            // the live ones, so the queue stays the size of what is live.
+            if self.timers.len() > 2 * self.entries.len() + 64 {
+                self.compact_timers();
+            }
         }
     }
 
     // ---- timers ---------------------------------------------------------
+
+    /// Keep only the timers that can still fire: each live connection's
+    /// earliest, and the current back-off.
+    fn compact_timers(&mut self) {
+        let (entries, backoff) = (&self.entries, self.backoff_until);
+        self.timers.retain(|&Reverse((due, key, generation))| {
+            if key == BACKOFF {
+                return backoff == Some(due);
+            }
+            matches!(entries.get(key), Some(Entry::Conn(c)) if c.generation == generation && c.timer_at == due)
+        });
+    }
 
     /// Make sure the connection's timer fires by `due`.
     fn arm(&mut self, key: usize, due: u64) {
@@ -1071,6 +1101,79 @@ fn handshake_now(socket: &socket2::Socket) -> Handshake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::mapping::{Protocol, Target};
+    use std::io::{Read, Write};
+    use std::num::NonZeroU16;
+
+    /// Thousands of short connections through the loop, driven here turn
+    /// by turn: each was relayed byte for byte, and the timer queue holds
+    /// no more than the live connections need (each ended connection's
+    /// idle timer would otherwise stay queued for idle_timeout).
+    #[test]
+    fn ended_connections_leave_no_timers_behind() {
+        const N: usize = 2000;
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let backend_port = backend.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for s in backend.incoming() {
+                let Ok(mut s) = s else { return };
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).is_ok() {
+                    let _ = s.write_all(&got);
+                }
+            }
+        });
+        let front = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        let port = |p: u16| NonZeroU16::new(p).expect("port");
+        let mapping = Arc::new(Mapping {
+            index: 0,
+            name: None,
+            listen: Listen {
+                addr: None,
+                port: port(front_addr.port()),
+            },
+            target: Target {
+                host: TargetHost::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                port: port(backend_port),
+            },
+            protocol: Protocol::Tcp,
+            proxy_protocol: ProxyProtocol::Off,
+        });
+        let (resolver, _) = tokio::sync::mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let mut engine = Engine::new(
+            Arc::new(ProxySettings::default()),
+            Arc::clone(&stats),
+            PipePool::new(4096),
+            resolver,
+        )
+        .expect("engine");
+        engine
+            .add_listener(mapping.listen, mapping, front)
+            .expect("listener");
+        let clients = std::thread::spawn(move || {
+            for i in 0..N {
+                let mut c = TcpStream::connect(front_addr).expect("connect");
+                let msg = format!("message {i}");
+                c.write_all(msg.as_bytes()).expect("write");
+                c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+                let mut back = String::new();
+                c.read_to_string(&mut back).expect("read");
+                assert_eq!(back, msg);
+            }
+        });
+        let mut events = Vec::with_capacity(EVENTS);
+        let mut peak = 0;
+        while !clients.is_finished() || engine.active > 0 {
+            engine.turn(&mut events, Some(10)).expect("turn");
+            peak = peak.max(engine.timers.len());
+        }
+        clients.join().expect("clients");
+        assert_eq!(stats.accepted.load(Ordering::Relaxed), N as u64);
+        assert!(peak <= 2 * 2 + 64 + 1, "the timer queue grew to {peak}");
+    }
 
     /// An idle connection's memory in the proxy is this, boxed (it was
     /// about 1.5 KiB as a tokio task with two registered sockets).

@@ -429,11 +429,38 @@ fn foreign_rule_is_reported_and_replaced(fl: Flavor) {
     fl.lowport_ok(&ns, &["rules", "show"]);
 }
 
+/// Apply the mapping `spec` with `fl`'s iptables backend inside the host,
+/// with the restore input for `family` made invalid.
+fn apply_rejected(
+    lan: &Lan,
+    fl: Flavor,
+    spec: &str,
+    family: lowport::firewall::plan::Family,
+) -> Result<(), lowport::firewall::FirewallError> {
+    use lowport::firewall::iptables::{Iptables, IptablesFlavor};
+    use lowport::firewall::{plan, Backend, SystemHost};
+    let mapping = lowport::config::parse_spec(spec, 0).expect("spec");
+    let new = plan::plan(&[mapping], &SystemHost).expect("plan").rules;
+    let flavor = if fl.0 == "nft" {
+        IptablesFlavor::Nft
+    } else {
+        IptablesFlavor::Legacy
+    };
+    lan.host.enter(move || {
+        let mut backend = Iptables::new(flavor);
+        match family {
+            plan::Family::V4 => backend.reject_next_restore_for_tests(),
+            plan::Family::V6 => backend.reject_next_ipv6_restore_for_tests(),
+        }
+        backend.apply(&new)
+    })
+}
+
 /// A restore the kernel (iptables-restore) rejects leaves the previous
 /// rules in place and serving.
 fn rejected_restore_leaves_the_old_rules_serving(fl: Flavor) {
-    use lowport::firewall::iptables::{Iptables, IptablesFlavor};
-    use lowport::firewall::{plan, Backend, FirewallError, SystemHost};
+    use lowport::firewall::plan::Family;
+    use lowport::firewall::FirewallError;
     let mut lan = Lan::new("irej");
     lan.host.start_backend("[::]:8080");
     lan.host.start_backend("[::]:9090");
@@ -441,18 +468,7 @@ fn rejected_restore_leaves_the_old_rules_serving(fl: Flavor) {
     let before = fl.lowport_lines(&lan.host);
     assert!(!before.is_empty());
 
-    let mapping = lowport::config::parse_spec("80:9090", 0).expect("spec");
-    let new = plan::plan(&[mapping], &SystemHost).expect("plan").rules;
-    let flavor = if fl.0 == "nft" {
-        IptablesFlavor::Nft
-    } else {
-        IptablesFlavor::Legacy
-    };
-    let result = lan.host.enter(move || {
-        let mut backend = Iptables::new(flavor);
-        backend.reject_next_restore_for_tests();
-        backend.apply(&new)
-    });
+    let result = apply_rejected(&lan, fl, "80:9090", Family::V4);
     assert!(
         matches!(result, Err(FirewallError::BatchRejected(_))),
         "{result:?}"
@@ -475,8 +491,8 @@ fn rejected_restore_leaves_the_old_rules_serving(fl: Flavor) {
 /// when the IPv6 one is rejected after the IPv4 one went through, the IPv4
 /// rules are put back as they were, and the old rules serve both families.
 fn rejected_ipv6_restore_rolls_back_ipv4(fl: Flavor) {
-    use lowport::firewall::iptables::{Iptables, IptablesFlavor};
-    use lowport::firewall::{plan, Backend, FirewallError, SystemHost};
+    use lowport::firewall::plan::Family;
+    use lowport::firewall::FirewallError;
     let mut lan = Lan::new("irb6");
     lan.host.start_backend("[::]:8080");
     lan.host.start_backend("[::]:9090");
@@ -484,18 +500,7 @@ fn rejected_ipv6_restore_rolls_back_ipv4(fl: Flavor) {
     let before = fl.lowport_lines(&lan.host);
     assert!(before.iter().any(|l| l.starts_with("6/")), "{before:?}");
 
-    let mapping = lowport::config::parse_spec("80:9090", 0).expect("spec");
-    let new = plan::plan(&[mapping], &SystemHost).expect("plan").rules;
-    let flavor = if fl.0 == "nft" {
-        IptablesFlavor::Nft
-    } else {
-        IptablesFlavor::Legacy
-    };
-    let result = lan.host.enter(move || {
-        let mut backend = Iptables::new(flavor);
-        backend.reject_next_ipv6_restore_for_tests();
-        backend.apply(&new)
-    });
+    let result = apply_rejected(&lan, fl, "80:9090", Family::V6);
     assert!(
         matches!(result, Err(FirewallError::BatchRejected(_))),
         "{result:?}"
@@ -522,17 +527,7 @@ fn rejected_ipv6_restore_rolls_back_ipv4(fl: Flavor) {
 
     // From nothing: a rejected IPv6 restore leaves no IPv4 rules behind.
     fl.lowport_ok(&lan.host, &["rules", "remove"]);
-    let new = plan::plan(
-        &[lowport::config::parse_spec("80:9090", 0).expect("spec")],
-        &SystemHost,
-    )
-    .expect("plan")
-    .rules;
-    let result = lan.host.enter(move || {
-        let mut backend = Iptables::new(flavor);
-        backend.reject_next_ipv6_restore_for_tests();
-        backend.apply(&new)
-    });
+    let result = apply_rejected(&lan, fl, "80:9090", Family::V6);
     assert!(result.is_err(), "{result:?}");
     assert_eq!(fl.lowport_lines(&lan.host), Vec::<String>::new());
 }

@@ -14,6 +14,18 @@ use std::time::{Duration, Instant};
 use common::{require_root, Lan, Netns};
 use proxy_support::*;
 
+/// The proxy closes (or resets) `c` without sending anything, within
+/// `within`.
+fn expect_closed(c: &mut TcpStream, within: Duration) {
+    c.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 16];
+    match c.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if is_reset(&e) => {}
+        other => panic!("expected a close, got {other:?}"),
+    }
+}
+
 fn config(ns_dir: &std::path::Path, mappings: &str, proxy: &str) -> std::path::PathBuf {
     write_config(ns_dir, &format!("mappings:\n{mappings}proxy:\n{proxy}"))
 }
@@ -234,14 +246,7 @@ fn backend_down_closes_the_client_at_once() {
             Err(e) if is_reset(&e) => continue,
             Err(e) => panic!("connect: {e}"),
         };
-        c.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut buf = [0u8; 16];
-        match c.read(&mut buf) {
-            Ok(0) => {}
-            Err(e) if is_reset(&e) => {}
-            other => panic!("expected a close, got {other:?}"),
-        }
+        expect_closed(&mut c, Duration::from_secs(5));
         assert!(start.elapsed() < Duration::from_secs(2));
     }
     proxy.expect_line("no backend for 8089", Duration::from_secs(5));
@@ -271,14 +276,7 @@ fn backend_names_are_resolved() {
 
     let start = Instant::now();
     let mut c = connect_in(&ns, "127.0.0.1:9087").expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut buf = [0u8; 8];
-    match c.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) if is_reset(&e) => {}
-        other => panic!("expected a close, got {other:?}"),
-    }
+    expect_closed(&mut c, Duration::from_secs(10));
     assert!(
         start.elapsed() < Duration::from_secs(8),
         "took {:?}",
@@ -342,14 +340,7 @@ fn connect_timeout_per_address() {
     // 8083: both addresses dropped -> closed after two timeouts.
     let start = Instant::now();
     let mut c = connect_in(&ns, "127.0.0.1:9083").expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut buf = [0u8; 8];
-    match c.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) if is_reset(&e) => {}
-        other => panic!("expected a close, got {other:?}"),
-    }
+    expect_closed(&mut c, Duration::from_secs(10));
     let took = start.elapsed();
     assert!(
         took >= Duration::from_millis(750) && took < Duration::from_secs(5),

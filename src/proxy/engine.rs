@@ -409,15 +409,19 @@ impl Engine {
     }
 
     fn hard_stop(&mut self) {
-        let keys: Vec<usize> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| matches!(e, Entry::Conn(_)))
-            .map(|(k, _)| k)
-            .collect();
-        for k in keys {
+        for k in self.keys(|e| matches!(e, Entry::Conn(_))) {
             self.finish(k, Outcome::Shutdown);
         }
+    }
+
+    /// The slab keys of the entries `which` picks (to act on each while
+    /// the slab changes).
+    fn keys(&self, which: impl Fn(&Entry) -> bool) -> Vec<usize> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| which(e))
+            .map(|(k, _)| k)
+            .collect()
     }
 
     // ---- events ---------------------------------------------------------
@@ -455,13 +459,7 @@ impl Engine {
 
     /// Accept from every listener (accepting resumed below the cap).
     fn accept_everywhere(&mut self) {
-        let keys: Vec<usize> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| matches!(e, Entry::Listener(_)))
-            .map(|(k, _)| k)
-            .collect();
-        for k in keys {
+        for k in self.keys(|e| matches!(e, Entry::Listener(_))) {
             self.accept(k);
         }
     }

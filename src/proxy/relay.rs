@@ -470,6 +470,28 @@ mod tests {
         (ours, peer)
     }
 
+    /// One step of a client-to-backend pump after an event that said the
+    /// client is readable (and, with `fin`, that its peer closed):
+    /// (what it waits for now, the client's end, whether bytes moved).
+    fn one_step(client: TcpStream, backend: TcpStream, fin: bool) -> (Wait, End, bool) {
+        let mut src = End::new(client, false, true);
+        let mut dst = End::new(backend, false, true);
+        src.saw(true, false, fin);
+        let (pool, stats) = (PipePool::new(4096), Stats::default());
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let mut ctx = Ctx {
+            pool: &pool,
+            stats: &stats,
+            buf: &mut buf,
+            moved: false,
+        };
+        let mut pump = Pump::new(Direction::ToBackend);
+        let wait = pump
+            .step(&mut src, &mut dst, &mut ctx, false)
+            .expect("step");
+        (wait, src, ctx.moved)
+    }
+
     /// The last bytes and the FIN arrive together and are reported by one
     /// event: the read that takes the bytes comes back short, and no new
     /// edge will announce the FIN still queued behind them. The direction
@@ -484,23 +506,10 @@ mod tests {
             .expect("shutdown");
         std::thread::sleep(Duration::from_millis(50));
 
-        let mut src = End::new(client, false, true);
-        let mut dst = End::new(backend, false, true);
         // What epoll reports for it: EPOLLIN | EPOLLRDHUP.
-        src.saw(true, false, true);
-        let (pool, stats) = (PipePool::new(4096), Stats::default());
-        let mut buf = vec![0u8; COPY_CHUNK];
-        let mut ctx = Ctx {
-            pool: &pool,
-            stats: &stats,
-            buf: &mut buf,
-            moved: false,
-        };
-        let mut pump = Pump::new(Direction::ToBackend);
-        let wait = pump
-            .step(&mut src, &mut dst, &mut ctx, false)
-            .expect("step");
+        let (wait, _, moved) = one_step(client, backend, true);
         assert_eq!(wait, Wait::Done, "the FIN was not seen");
+        assert!(moved);
         backend_peer
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
@@ -517,24 +526,10 @@ mod tests {
         let (backend, mut backend_peer) = pair();
         client_peer.write_all(b"hello").expect("write");
         std::thread::sleep(Duration::from_millis(50));
-        let mut src = End::new(client, false, true);
-        let mut dst = End::new(backend, false, true);
-        src.saw(true, false, false);
-        let (pool, stats) = (PipePool::new(4096), Stats::default());
-        let mut buf = vec![0u8; COPY_CHUNK];
-        let mut ctx = Ctx {
-            pool: &pool,
-            stats: &stats,
-            buf: &mut buf,
-            moved: false,
-        };
-        let mut pump = Pump::new(Direction::ToBackend);
-        let wait = pump
-            .step(&mut src, &mut dst, &mut ctx, false)
-            .expect("step");
+        let (wait, src, moved) = one_step(client, backend, false);
         assert_eq!(wait, Wait::Read);
         assert!(!src.readable);
-        assert!(ctx.moved);
+        assert!(moved);
         let mut got = [0u8; 5];
         backend_peer.read_exact(&mut got).expect("read");
         assert_eq!(&got, b"hello");

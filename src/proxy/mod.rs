@@ -58,6 +58,9 @@ pub enum ProxyError {
     Privilege(#[source] PrivilegeError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] io::Error),
+    /// The connections' event loop could not start or stopped on its own.
+    #[error("the relay's event loop failed")]
+    Relay(#[source] io::Error),
     #[error("cannot install the {0} handler")]
     Signal(&'static str, #[source] io::Error),
 }
@@ -274,7 +277,7 @@ pub async fn serve(
         PipePool::new(pipe::WANTED_PIPE_SIZE),
         resolve_tx,
     )
-    .map_err(ProxyError::Runtime)?;
+    .map_err(ProxyError::Relay)?;
     let handle = engine.handle();
     let mut hup = signal(tokio::signal::unix::SignalKind::hangup(), "SIGHUP")?;
     let mut usr1 = signal(tokio::signal::unix::SignalKind::user_defined1(), "SIGUSR1")?;
@@ -282,7 +285,7 @@ pub async fn serve(
     let mut running: HashMap<Listen, Running> = HashMap::new();
     let mut listing = Vec::new();
     for b in bound {
-        let (key, r, sockets) = running_of(b).map_err(ProxyError::Runtime)?;
+        let (key, r, sockets) = running_of(b).map_err(ProxyError::Relay)?;
         listing.push(describe(&r));
         handle.send(Command::Listen {
             key,
@@ -297,7 +300,7 @@ pub async fn serve(
         .spawn(move || {
             let _ = done_tx.send(engine.run());
         })
-        .map_err(ProxyError::Runtime)?;
+        .map_err(ProxyError::Relay)?;
     let resolver = tokio::spawn(resolve_names(resolve_rx, handle.clone()));
     let privilege_line = match &privileges {
         Some(report) => report.to_string(),
@@ -332,7 +335,7 @@ pub async fn serve(
             Ok(Err(e)) => e,
             _ => io::Error::other("the relay thread ended"),
         };
-        return Err(ProxyError::Runtime(e));
+        return Err(ProxyError::Relay(e));
     }
 
     // Stop accepting: the listening sockets are closed when the event loop

@@ -456,51 +456,23 @@ fn apply_rejected(
     })
 }
 
-/// A restore the kernel (iptables-restore) rejects leaves the previous
-/// rules in place and serving.
-fn rejected_restore_leaves_the_old_rules_serving(fl: Flavor) {
-    use lowport::firewall::plan::Family;
+/// Install 80:8080, then apply 80:9090 with the restore for `family`
+/// rejected: apply says so, lowport's rules are exactly as before, and they
+/// still serve IPv4 and local clients.
+fn rejection_keeps_the_old_rules(
+    fl: Flavor,
+    family: lowport::firewall::plan::Family,
+    name: &str,
+) -> Lan {
     use lowport::firewall::FirewallError;
-    let mut lan = Lan::new("irej");
-    lan.host.start_backend("[::]:8080");
-    lan.host.start_backend("[::]:9090");
-    fl.lowport_ok(&lan.host, &["-m", "80:8080", "rules", "apply"]);
-    let before = fl.lowport_lines(&lan.host);
-    assert!(!before.is_empty());
-
-    let result = apply_rejected(&lan, fl, "80:9090", Family::V4);
-    assert!(
-        matches!(result, Err(FirewallError::BatchRejected(_))),
-        "{result:?}"
-    );
-    assert_eq!(
-        fl.lowport_lines(&lan.host),
-        before,
-        "the rejected restore changed the rules"
-    );
-    assert_reaches(
-        &lan.remote,
-        &format!("{}:80", Lan::HOST_V4),
-        8080,
-        Some(Lan::REMOTE_V4),
-    );
-    assert_reaches(&lan.host, "127.0.0.1:80", 8080, None);
-}
-
-/// IPv4 and IPv6 are separate restores (and each table its own COMMIT):
-/// when the IPv6 one is rejected after the IPv4 one went through, the IPv4
-/// rules are put back as they were, and the old rules serve both families.
-fn rejected_ipv6_restore_rolls_back_ipv4(fl: Flavor) {
-    use lowport::firewall::plan::Family;
-    use lowport::firewall::FirewallError;
-    let mut lan = Lan::new("irb6");
+    let mut lan = Lan::new(name);
     lan.host.start_backend("[::]:8080");
     lan.host.start_backend("[::]:9090");
     fl.lowport_ok(&lan.host, &["-m", "80:8080", "rules", "apply"]);
     let before = fl.lowport_lines(&lan.host);
     assert!(before.iter().any(|l| l.starts_with("6/")), "{before:?}");
 
-    let result = apply_rejected(&lan, fl, "80:9090", Family::V6);
+    let result = apply_rejected(&lan, fl, "80:9090", family);
     assert!(
         matches!(result, Err(FirewallError::BatchRejected(_))),
         "{result:?}"
@@ -508,7 +480,7 @@ fn rejected_ipv6_restore_rolls_back_ipv4(fl: Flavor) {
     assert_eq!(
         fl.lowport_lines(&lan.host),
         before,
-        "the IPv4 rules were not put back"
+        "the rejected {family} restore left changed rules"
     );
     fl.lowport_ok(&lan.host, &["rules", "show"]);
     assert_reaches(
@@ -517,13 +489,28 @@ fn rejected_ipv6_restore_rolls_back_ipv4(fl: Flavor) {
         8080,
         Some(Lan::REMOTE_V4),
     );
+    assert_reaches(&lan.host, "127.0.0.1:80", 8080, None);
+    lan
+}
+
+/// A restore the kernel (iptables-restore) rejects leaves the previous
+/// rules in place and serving.
+fn rejected_restore_leaves_the_old_rules_serving(fl: Flavor) {
+    rejection_keeps_the_old_rules(fl, lowport::firewall::plan::Family::V4, "irej");
+}
+
+/// IPv4 and IPv6 are separate restores (and each table its own COMMIT):
+/// when the IPv6 one is rejected after the IPv4 one went through, the IPv4
+/// rules are put back as they were, and the old rules serve both families.
+fn rejected_ipv6_restore_rolls_back_ipv4(fl: Flavor) {
+    use lowport::firewall::plan::Family;
+    let lan = rejection_keeps_the_old_rules(fl, Family::V6, "irb6");
     assert_reaches(
         &lan.remote,
         &format!("[{}]:80", Lan::HOST_V6),
         8080,
         Some(Lan::REMOTE_V6),
     );
-    assert_reaches(&lan.host, "127.0.0.1:80", 8080, None);
 
     // From nothing: a rejected IPv6 restore leaves no IPv4 rules behind.
     fl.lowport_ok(&lan.host, &["rules", "remove"]);

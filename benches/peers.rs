@@ -306,13 +306,80 @@ fn with_rules<T>(p: &Peer, f: impl FnOnce() -> T) -> T {
     out
 }
 
-fn taskset_cpu1(program: &str) -> Command {
-    let mut c = Command::new("taskset");
-    c.args(["-c", "1", program]);
+/// A relay's command, pinned to CPU 1 and, where cgroup v2 is mounted,
+/// started in the peer's own cgroup (`peer_cgroup(port)`), so everything it
+/// forks is measured with it — redir's connection processes detach from
+/// their parent, and forked children that exit take their CPU time along
+/// unless someone waits for them.
+fn taskset_cpu1(program: &str, port: u16) -> Command {
+    let mut c = match peer_cgroup(port) {
+        Some(cg) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg("echo $$ > \"$0/cgroup.procs\" && exec taskset -c 1 \"$@\"")
+                .arg(cg)
+                .arg(program);
+            c
+        }
+        None => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "1", program]);
+            c
+        }
+    };
     c.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     c
+}
+
+/// This run's cgroup v2 directory, made on first use; None where cgroup v2
+/// is not mounted or not writable (processes are then found by parentage).
+fn bench_cgroup() -> Option<&'static Path> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+        let root = mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })?;
+        let dir = root.join(format!("lowport-bench-{}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        Some(dir)
+    })
+    .as_deref()
+}
+
+/// The cgroup a relay listening on `port` runs in.
+fn peer_cgroup(port: u16) -> Option<PathBuf> {
+    let dir = bench_cgroup()?.join(port.to_string());
+    (dir.is_dir() || std::fs::create_dir(&dir).is_ok()).then_some(dir)
+}
+
+/// Kill whatever is left in this run's cgroups and remove them.
+fn remove_cgroups() {
+    let Some(dir) = bench_cgroup() else { return };
+    let subs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    for sub in &subs {
+        let _ = std::fs::write(sub.join("cgroup.kill"), "1");
+    }
+    for _ in 0..50 {
+        if subs
+            .iter()
+            .all(|s| std::fs::remove_dir(s).is_ok() || !s.exists())
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn write_tmp(name: &str, text: &str) -> PathBuf {
@@ -353,7 +420,7 @@ fn start_peers() -> Vec<Peer> {
         Ok((None, None))
     });
     add("lowport proxy", 10081, &|port| {
-        let c = taskset_cpu1(lowport_bin().to_str().unwrap_or("lowport"))
+        let c = taskset_cpu1(lowport_bin().to_str().unwrap_or("lowport"), port)
             .args(["-q", "-m", &format!("127.0.0.1:{port}:{b}"), "proxy"])
             .spawn()
             .map_err(|e| e.to_string())?;
@@ -369,7 +436,7 @@ fn start_peers() -> Vec<Peer> {
                 "global\n  nbthread 1\n  maxconn 7000\n  tune.maxaccept 64\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10m\n  timeout server 10m\n  option splice-auto\n  maxconn 7000\nlisten p\n  bind 127.0.0.1:{port}\n  server s {b}\n"
             ),
         );
-        let c = taskset_cpu1("haproxy")
+        let c = taskset_cpu1("haproxy", port)
             .args(["-db", "-f"])
             .arg(&cfg)
             .spawn()
@@ -389,7 +456,7 @@ fn start_peers() -> Vec<Peer> {
                 pid = dir.join("nginx.pid").display()
             ),
         );
-        let c = taskset_cpu1("nginx")
+        let c = taskset_cpu1("nginx", port)
             .arg("-c")
             .arg(&cfg)
             .arg("-p")
@@ -402,7 +469,7 @@ fn start_peers() -> Vec<Peer> {
         if !have("socat") {
             return Err("socat is not installed".into());
         }
-        let c = taskset_cpu1("socat")
+        let c = taskset_cpu1("socat", port)
             .args([
                 &format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096"),
                 &format!("TCP:{b},nodelay"),
@@ -422,7 +489,7 @@ fn start_peers() -> Vec<Peer> {
         if !have("systemd-socket-activate") {
             return Err("systemd-socket-activate is not installed".into());
         }
-        let c = taskset_cpu1("systemd-socket-activate")
+        let c = taskset_cpu1("systemd-socket-activate", port)
             .args([
                 "-l",
                 &format!("127.0.0.1:{port}"),
@@ -442,7 +509,7 @@ fn start_peers() -> Vec<Peer> {
             "rinetd.conf",
             &format!("127.0.0.1 {port} 127.0.0.1 {BACKEND_PORT}\n"),
         );
-        let c = taskset_cpu1("rinetd")
+        let c = taskset_cpu1("rinetd", port)
             .args(["-f", "-c"])
             .arg(&cfg)
             .spawn()
@@ -453,8 +520,13 @@ fn start_peers() -> Vec<Peer> {
         if !have("redir") {
             return Err("redir is not installed".into());
         }
-        let c = taskset_cpu1("redir")
-            .args(["-n", &format!("127.0.0.1:{port}"), &b])
+        // redir forks twice per connection: its connection processes are
+        // orphans, and the init of a container or a VM may reap them late
+        // (here: over ten thousand zombies at once, near pid_max). Run it
+        // under this program as their reaper.
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let c = taskset_cpu1(&me.to_string_lossy(), port)
+            .args(["--reap", "redir", "-n", &format!("127.0.0.1:{port}"), &b])
             .spawn()
             .map_err(|e| e.to_string())?;
         Ok((Some(c), None))
@@ -540,25 +612,51 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
-/// CPU seconds of the tree, children that exited included.
-fn cpu_seconds(root: u32) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    tree(root)
-        .into_iter()
-        .filter_map(stat_fields)
-        .map(|f| {
-            // utime, stime, cutime, cstime are fields 14-17 (1-based) of stat.
-            (11..15)
-                .filter_map(|i| f.get(i)?.parse::<f64>().ok())
-                .sum::<f64>()
-        })
-        .sum::<f64>()
-        / hz
+/// The relay's processes: those in its cgroup, or else the tree under its
+/// pid. None for the kernel rows.
+fn procs(p: &Peer) -> Vec<u32> {
+    let Some(child) = &p.child else {
+        return Vec::new();
+    };
+    if let Some(text) =
+        peer_cgroup(p.port).and_then(|cg| std::fs::read_to_string(cg.join("cgroup.procs")).ok())
+    {
+        return text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    }
+    tree(child.id())
 }
 
-fn pss_kib(root: u32) -> u64 {
-    tree(root)
+/// CPU seconds the relay used: its cgroup's (every process it ever ran),
+/// or else its tree's, children that exited and were waited for included.
+fn cpu_seconds(p: &Peer) -> Option<f64> {
+    p.child.as_ref()?;
+    if let Some(text) =
+        peer_cgroup(p.port).and_then(|cg| std::fs::read_to_string(cg.join("cpu.stat")).ok())
+    {
+        let usec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok())?;
+        return Some(usec / 1e6);
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(
+        procs(p)
+            .into_iter()
+            .filter_map(stat_fields)
+            .map(|f| {
+                // utime, stime, cutime, cstime are fields 14-17 (1-based) of stat.
+                (11..15)
+                    .filter_map(|i| f.get(i)?.parse::<f64>().ok())
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / hz,
+    )
+}
+
+fn pss_kib(p: &Peer) -> u64 {
+    procs(p)
         .into_iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
         .filter_map(|t| {
@@ -569,8 +667,8 @@ fn pss_kib(root: u32) -> u64 {
         .sum()
 }
 
-fn fd_count(root: u32) -> usize {
-    tree(root)
+fn fd_count(p: &Peer) -> usize {
+    procs(p)
         .into_iter()
         .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
         .map(|d| d.count())
@@ -645,14 +743,42 @@ fn connect(port: u16) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-/// Read one whole answer, naming a stall for what it is.
-fn read_answer(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
-    s.read_exact(buf).map_err(|e| {
-        std::io::Error::other(format!(
-            "no complete {}-byte answer within {IO_TIMEOUT:?} ({e}): the relay lost or held bytes",
-            buf.len()
-        ))
-    })
+/// One CPU's time from /proc/stat, in clock ticks: busy (user, system,
+/// interrupts) and the total the guest had (without steal).
+#[derive(Default, Clone, Copy)]
+struct CpuTime {
+    busy: u64,
+    total: u64,
+}
+
+/// CPU 0 (load generator, backend and the kernel work their sockets do)
+/// and CPU 1 (the proxy, and the kernel work its sockets do).
+fn cpu_jiffies() -> [CpuTime; 2] {
+    let mut out = [CpuTime::default(); 2];
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    for (i, name) in ["cpu0", "cpu1"].into_iter().enumerate() {
+        let Some(line) = stat
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+        else {
+            continue;
+        };
+        // user nice system idle iowait irq softirq steal ...
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        if f.len() == 8 {
+            let total = f[..7].iter().sum::<u64>();
+            out[i] = CpuTime {
+                busy: total - f[3] - f[4],
+                total,
+            };
+        }
+    }
+    out
 }
 
 /// Bulk: `streams` connections each send for `secs` then close; returns
@@ -735,48 +861,86 @@ fn p99_us(mut lat: Vec<Duration>) -> f64 {
     lat[(lat.len() * 99 / 100).min(lat.len() - 1)].as_secs_f64() * 1e6
 }
 
-/// Run `workers` copies of `work` (each told to stop through the flag) for
-/// `secs`, then return (operations/s, p99 µs) over every latency recorded.
-fn timed_workers(
+/// Run `workers` copies of `work` as tasks of one event loop on this thread
+/// (pinned to CPU 0), each told to stop through the flag, for `secs`; return
+/// (operations/s, p99 µs) over every latency recorded. One thread rather
+/// than a thread per connection: a load generator that spends more CPU per
+/// request than the relay under test measures itself.
+fn timed_workers<F>(
     workers: usize,
     secs: f64,
-    work: impl Fn(Arc<AtomicBool>) -> std::io::Result<Vec<Duration>> + Send + Sync + 'static,
-) -> std::io::Result<(f64, f64)> {
+    work: impl Fn(Arc<AtomicBool>) -> F,
+) -> std::io::Result<(f64, f64)>
+where
+    F: std::future::Future<Output = std::io::Result<Vec<Duration>>> + 'static,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let work = Arc::new(work);
     let start = Instant::now();
-    let handles: Vec<_> = (0..workers)
-        .map(|_| {
-            let (stop, work) = (stop.clone(), work.clone());
-            std::thread::spawn(move || work(stop))
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs_f64(secs));
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(
-            h.join()
-                .map_err(|_| std::io::Error::other("thread panicked"))??,
-        );
-    }
+    let all = rt.block_on(async {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| tokio::task::spawn_local(work(stop.clone())))
+                    .collect();
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                stop.store(true, Ordering::Relaxed);
+                let mut all = Vec::new();
+                for h in handles {
+                    all.extend(h.await.map_err(std::io::Error::other)??);
+                }
+                Ok::<_, std::io::Error>(all)
+            })
+            .await
+    })?;
     let rate = all.len() as f64 / start.elapsed().as_secs_f64();
     Ok((rate, p99_us(all)))
 }
 
+/// One read or write of the load generators, bounded by IO_TIMEOUT and
+/// naming a stall for what it is.
+async fn io_within<T>(
+    what: &str,
+    f: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match tokio::time::timeout(IO_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(std::io::Error::other(format!(
+            "{what} ({e}): the relay lost or held bytes"
+        ))),
+        Err(_) => Err(std::io::Error::other(format!(
+            "{what}: nothing within {IO_TIMEOUT:?}: the relay lost or held bytes"
+        ))),
+    }
+}
+
+async fn connect_async(port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let s = io_within(
+        "connect",
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
 /// Short connections: each does connect, one request, one answer, close.
 /// Returns (connections/s, p99 µs).
-fn short_conns(port: u16, threads: usize, secs: f64) -> std::io::Result<(f64, f64)> {
-    timed_workers(threads, secs, move |stop| {
+fn short_conns(port: u16, workers: usize, secs: f64) -> std::io::Result<(f64, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    timed_workers(workers, secs, move |stop| async move {
         let mut lat = Vec::new();
         let mut msg = [0u8; REQ + 1];
         msg[0] = b'R';
         while !stop.load(Ordering::Relaxed) {
             let t = Instant::now();
-            let mut s = connect(port)?;
-            s.write_all(&msg)?;
+            let mut s = connect_async(port).await?;
+            io_within("request", s.write_all(&msg)).await?;
             let mut buf = [0u8; REQ];
-            read_answer(&mut s, &mut buf)?;
+            io_within("no complete answer", s.read_exact(&mut buf)).await?;
             drop(s);
             lat.push(t.elapsed());
         }
@@ -787,16 +951,17 @@ fn short_conns(port: u16, threads: usize, secs: f64) -> std::io::Result<(f64, f6
 /// Keep-alive: `conns` connections doing request/answer ping-pong.
 /// Returns (requests/s, p99 µs).
 fn keepalive(port: u16, conns: usize, secs: f64) -> std::io::Result<(f64, f64)> {
-    timed_workers(conns, secs, move |stop| {
-        let mut s = connect(port)?;
-        s.write_all(b"R")?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    timed_workers(conns, secs, move |stop| async move {
+        let mut s = connect_async(port).await?;
+        io_within("mode byte", s.write_all(b"R")).await?;
         let mut lat = Vec::new();
         let req = [7u8; REQ];
         let mut buf = [0u8; REQ];
         while !stop.load(Ordering::Relaxed) {
             let t = Instant::now();
-            s.write_all(&req)?;
-            read_answer(&mut s, &mut buf)?;
+            io_within("request", s.write_all(&req)).await?;
+            io_within("no complete answer", s.read_exact(&mut buf)).await?;
             lat.push(t.elapsed());
         }
         Ok(lat)
@@ -838,14 +1003,9 @@ fn settle_sockets() {
 /// moved data once), wait, measure. Returns (PSS KiB/conn, kernel KiB/conn,
 /// fds/conn) — per connection, deltas against no connections.
 fn idle(peer: &Peer, n: usize) -> std::io::Result<(f64, f64, f64)> {
-    let pid = peer.child.as_ref().map(|c| c.id());
     let settle = || std::thread::sleep(Duration::from_millis(500));
     settle_sockets();
-    let (pss0, fd0, k0) = (
-        pid.map_or(0, pss_kib),
-        pid.map_or(0, fd_count),
-        kernel_kib(),
-    );
+    let (pss0, fd0, k0) = (pss_kib(peer), fd_count(peer), kernel_kib());
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         let mut s = connect(peer.port)?;
@@ -853,11 +1013,7 @@ fn idle(peer: &Peer, n: usize) -> std::io::Result<(f64, f64, f64)> {
         conns.push(s);
     }
     settle();
-    let (pss1, fd1, k1) = (
-        pid.map_or(0, pss_kib),
-        pid.map_or(0, fd_count),
-        kernel_kib(),
-    );
+    let (pss1, fd1, k1) = (pss_kib(peer), fd_count(peer), kernel_kib());
     drop(conns);
     settle();
     let per = |a: u64, b: u64| (b as f64 - a as f64) / n as f64;
@@ -879,6 +1035,23 @@ struct Row {
 impl Row {
     fn add(&mut self, key: &'static str, v: f64) {
         self.samples.entry(key).or_default().push(v);
+    }
+    /// Each CPU's busy share (%) since `before`, under `figure`'s keys.
+    fn add_busy(&mut self, figure: &str, before: &[CpuTime; 2]) {
+        let keys = match figure {
+            "bulk" => ["bulk_busy0", "bulk_busy1"],
+            "short" => ["short_busy0", "short_busy1"],
+            _ => ["ka_busy0", "ka_busy1"],
+        };
+        for ((key, b), n) in keys.into_iter().zip(before).zip(cpu_jiffies()) {
+            let total = n.total.saturating_sub(b.total);
+            if total > 0 {
+                self.add(
+                    key,
+                    100.0 * n.busy.saturating_sub(b.busy) as f64 / total as f64,
+                );
+            }
+        }
     }
     fn median(&self, key: &str) -> Option<f64> {
         let mut v = self.samples.get(key)?.clone();
@@ -937,6 +1110,208 @@ fn table(peers: &[Peer], rows: &[Row], cols: &[Column]) -> String {
     out
 }
 
+/// One of issue 5's targets: lowport against the best peer on `key`.
+struct Target {
+    key: &'static str,
+    title: &'static str,
+    /// The ratio lowport ÷ best peer must reach (at least, or at most).
+    limit: f64,
+    higher_is_better: bool,
+    fmt: fn(f64) -> String,
+}
+
+fn fmt_gbs(v: f64) -> String {
+    format!("{:.2} GB/s", v / 1e9)
+}
+fn fmt_num(v: f64) -> String {
+    format!("{v:.0}")
+}
+fn fmt_us(v: f64) -> String {
+    format!("{v:.0} µs")
+}
+fn fmt_s(v: f64) -> String {
+    format!("{v:.3} s")
+}
+fn fmt_kib(v: f64) -> String {
+    format!("{v:.1} KiB")
+}
+
+const TARGETS: &[Target] = &[
+    Target {
+        key: "bulk1",
+        title: "bulk, 1 stream",
+        limit: 1.05,
+        higher_is_better: true,
+        fmt: fmt_gbs,
+    },
+    Target {
+        key: "bulk4",
+        title: "bulk, 4 streams",
+        limit: 1.05,
+        higher_is_better: true,
+        fmt: fmt_gbs,
+    },
+    Target {
+        key: "cpu_per_gb",
+        title: "proxy CPU s/GB",
+        limit: 0.75,
+        higher_is_better: false,
+        fmt: fmt_s,
+    },
+    Target {
+        key: "short_rate",
+        title: "short conn/s",
+        limit: 1.10,
+        higher_is_better: true,
+        fmt: fmt_num,
+    },
+    Target {
+        key: "short_p99",
+        title: "short p99",
+        limit: 0.85,
+        higher_is_better: false,
+        fmt: fmt_us,
+    },
+    Target {
+        key: "ka_rate",
+        title: "keep-alive req/s",
+        limit: 1.05,
+        higher_is_better: true,
+        fmt: fmt_num,
+    },
+    Target {
+        key: "ka_p99",
+        title: "keep-alive p99",
+        limit: 0.90,
+        higher_is_better: false,
+        fmt: fmt_us,
+    },
+    Target {
+        key: "pss1k",
+        title: "proxy PSS/conn @1k",
+        limit: 1.0,
+        higher_is_better: false,
+        fmt: fmt_kib,
+    },
+    Target {
+        key: "pss3k",
+        title: "proxy PSS/conn @3k",
+        limit: 1.0,
+        higher_is_better: false,
+        fmt: fmt_kib,
+    },
+    Target {
+        key: "kern1k",
+        title: "kernel/conn @1k",
+        limit: 1.0,
+        higher_is_better: false,
+        fmt: fmt_kib,
+    },
+    Target {
+        key: "kern3k",
+        title: "kernel/conn @3k",
+        limit: 1.0,
+        higher_is_better: false,
+        fmt: fmt_kib,
+    },
+];
+
+/// The targets of issue 5, read from this run: lowport ÷ the best peer by
+/// median, and the same ratio taken round by round (each round runs every
+/// row once, side by side), whose spread shows how much of a difference
+/// this machine can resolve.
+fn targets(peers: &[Peer], rows: &[Row], rules: &[RuleRatio]) -> String {
+    let mut out = String::from(
+        "| figure | target (lowport ÷ best peer) | lowport | best peer | lowport ÷ best peer | same, round by round (min–max) | held |\n\
+         |---|---:|---:|---:|---:|---:|---|\n",
+    );
+    let Some(lp) = peers.iter().position(|p| p.name.starts_with("lowport")) else {
+        return out;
+    };
+    let measured = |i: usize| peers[i].skipped.is_none() && rows[i].error.is_none();
+    let others: Vec<usize> = (1..peers.len())
+        .filter(|&i| i != lp && !peers[i].kernel && measured(i))
+        .collect();
+    if !measured(lp) {
+        return out;
+    }
+    for t in TARGETS {
+        let better = |a: f64, b: f64| if t.higher_is_better { a > b } else { a < b };
+        let pick = |vals: &mut dyn Iterator<Item = (usize, f64)>| {
+            // Every figure here is a positive quantity; zero or less is a
+            // measurement that did not work.
+            vals.filter(|(_, v)| v.is_finite() && *v > 0.0).fold(
+                None,
+                |best: Option<(usize, f64)>, (i, v)| match best {
+                    Some((_, b)) if !better(v, b) => best,
+                    _ => Some((i, v)),
+                },
+            )
+        };
+        let (Some(l), Some((bi, b))) = (
+            rows[lp].median(t.key),
+            pick(
+                &mut others
+                    .iter()
+                    .filter_map(|&i| Some((i, rows[i].median(t.key)?))),
+            ),
+        ) else {
+            continue;
+        };
+        let ratio = l / b;
+        let rounds = rows[lp].samples.get(t.key).map_or(0, Vec::len);
+        let per_round: Vec<f64> = (0..rounds)
+            .filter_map(|j| {
+                let l = *rows[lp].samples.get(t.key)?.get(j)?;
+                let (_, b) = pick(
+                    &mut others
+                        .iter()
+                        .filter_map(|&i| Some((i, *rows[i].samples.get(t.key)?.get(j)?))),
+                )?;
+                Some(l / b)
+            })
+            .filter(|r| r.is_finite())
+            .collect();
+        let spread = match (
+            per_round.iter().copied().reduce(f64::min),
+            per_round.iter().copied().reduce(f64::max),
+        ) {
+            (Some(lo), Some(hi)) if per_round.len() > 1 => format!("{lo:.2}–{hi:.2}×"),
+            _ => "– (measured once)".to_owned(),
+        };
+        let held = if ratio == t.limit || better(ratio, t.limit) {
+            "yes"
+        } else {
+            "no"
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} {:.2}× | {} | {} ({}) | {:.2}× | {} | {} |",
+            t.title,
+            if t.higher_is_better { "≥" } else { "≤" },
+            t.limit,
+            (t.fmt)(l),
+            (t.fmt)(b),
+            peers[bi].name,
+            ratio,
+            spread,
+            held
+        );
+    }
+    for r in rules {
+        for (what, v) in [("from nothing", r.from_nothing), ("replacing", r.replacing)] {
+            let Some(v) = v else { continue };
+            let _ = writeln!(
+                out,
+                "| rules apply, {} mapping(s), {what} | ≤ 1.00× | – | – (nft -f) | {v:.2}× | – | {} |",
+                r.mappings,
+                if v <= 1.0 { "yes" } else { "no" }
+            );
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------- rule install speed
 
 fn time_cmd(cmd: &mut Command) -> Option<f64> {
@@ -962,7 +1337,15 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(v[v.len() / 2])
 }
 
-fn rule_install_speed(rounds: usize) -> String {
+/// lowport ÷ nft -f for one rule-set size: from nothing, and replacing.
+struct RuleRatio {
+    mappings: usize,
+    from_nothing: Option<f64>,
+    replacing: Option<f64>,
+}
+
+fn rule_install_speed(rounds: usize) -> (String, Vec<RuleRatio>) {
+    let mut ratios = Vec::new();
     let mut out = String::from(
         "| mappings | lowport rules apply | nft -f (same ruleset) | iptables-restore (same rules) | lowport / nft \
          | lowport, replacing | nft -f, replacing | lowport / nft | lowport, unchanged |\n\
@@ -1031,10 +1414,14 @@ fn rule_install_speed(rounds: usize) -> String {
         }
         let ms = |v: Option<f64>| v.map_or("–".to_owned(), |s| format!("{:.1} ms", s * 1e3));
         let m: Vec<Option<f64>> = t.into_iter().map(median).collect();
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(x), Some(y)) => format!("{:.2}×", x / y),
-            _ => "–".into(),
-        };
+        let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+        let ratio =
+            |a: Option<f64>, b: Option<f64>| div(a, b).map_or("–".into(), |r| format!("{r:.2}×"));
+        ratios.push(RuleRatio {
+            mappings: n,
+            from_nothing: div(m[0], m[1]),
+            replacing: div(m[3], m[4]),
+        });
         let _ = writeln!(
             out,
             "| {n} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -1048,12 +1435,54 @@ fn rule_install_speed(rounds: usize) -> String {
             ms(m[5]),
         );
     }
-    out
+    (out, ratios)
 }
 
 // ---------------------------------------------------------------- main
 
+/// `--reap PROGRAM ARGS...`: run PROGRAM as a child subreaper, so the
+/// processes it orphans are reaped here the moment they exit; exit with it.
+fn reap(program: &str, args: &[String]) -> ! {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes an integer flag.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    // SAFETY: the closure calls only prctl, which is async-signal-safe: the
+    // relay dies with this reaper (the bench kills the reaper).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let main = match cmd.spawn() {
+        Ok(c) => c.id() as libc::pid_t,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::exit(127);
+        }
+    };
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to the status integer it is given.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == main || pid < 0 {
+            std::process::exit(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                1
+            });
+        }
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, program, rest @ ..] = &args[..] {
+        if flag == "--reap" {
+            reap(program, rest);
+        }
+    }
     // `cargo test` builds benches too and may run them with --bench-less
     // args; only run when asked to benchmark.
     if !std::env::args().any(|a| a == "--bench") {
@@ -1125,26 +1554,28 @@ fn main() {
             if p.skipped.is_some() || r.error.is_some() {
                 continue;
             }
-            let pid = p.child.as_ref().map(|c| c.id());
             let result = with_rules(p, || -> std::io::Result<()> {
                 for (streams, key) in [(1, "bulk1"), (4, "bulk4")] {
                     if !figure("bulk") {
                         break;
                     }
-                    let cpu0 = pid.map(cpu_seconds);
+                    let (cpu0, busy0) = (cpu_seconds(p), cpu_jiffies());
                     let t = Instant::now();
                     let bps = bulk(p.port, streams, secs)?;
+                    if streams == 1 {
+                        r.add_busy("bulk", &busy0);
+                    }
                     let bytes = bps * t.elapsed().as_secs_f64();
                     r.add(key, bps);
-                    if let (Some(c0), Some(pid)) = (cpu0, pid) {
+                    if let (Some(c0), Some(c1)) = (cpu0, cpu_seconds(p)) {
                         if streams == 1 {
-                            r.add("cpu_per_gb", (cpu_seconds(pid) - c0) / (bytes / 1e9));
+                            r.add("cpu_per_gb", (c1 - c0) / (bytes / 1e9));
                         }
                     }
                 }
                 // Per operation: the proxy's CPU µs over the operations done.
                 let cpu_us_per_op = |c0: Option<f64>, t: Instant, rate: f64| {
-                    Some((cpu_seconds(pid?) - c0?) * 1e6 / (rate * t.elapsed().as_secs_f64()))
+                    Some((cpu_seconds(p)? - c0?) * 1e6 / (rate * t.elapsed().as_secs_f64()))
                 };
                 type Load = fn(u16, usize, f64) -> std::io::Result<(f64, f64)>;
                 let loads: [(&str, Load, usize, [&'static str; 3]); 2] = [
@@ -1160,8 +1591,10 @@ fn main() {
                     if !figure(name) {
                         continue;
                     }
-                    let (cpu0, t) = (pid.map(cpu_seconds), Instant::now());
+                    let (cpu0, t) = (cpu_seconds(p), Instant::now());
+                    let busy0 = cpu_jiffies();
                     let (rate, p99) = load(p.port, workers, secs)?;
+                    r.add_busy(name, &busy0);
                     r.add(rate_key, rate);
                     r.add(p99_key, p99);
                     if let Some(us) = cpu_us_per_op(cpu0, t, rate) {
@@ -1268,6 +1701,49 @@ fn main() {
             },
         ],
     );
+    let pct = |v: f64| format!("{v:.0}%");
+    let busy = table(
+        &peers,
+        &rows,
+        &[
+            Column {
+                key: "bulk_busy0",
+                title: "bulk 1 stream: CPU 0",
+                fmt: pct,
+                ratio: false,
+            },
+            Column {
+                key: "bulk_busy1",
+                title: "CPU 1",
+                fmt: pct,
+                ratio: false,
+            },
+            Column {
+                key: "short_busy0",
+                title: "short: CPU 0",
+                fmt: pct,
+                ratio: false,
+            },
+            Column {
+                key: "short_busy1",
+                title: "CPU 1",
+                fmt: pct,
+                ratio: false,
+            },
+            Column {
+                key: "ka_busy0",
+                title: "keep-alive: CPU 0",
+                fmt: pct,
+                ratio: false,
+            },
+            Column {
+                key: "ka_busy1",
+                title: "CPU 1",
+                fmt: pct,
+                ratio: false,
+            },
+        ],
+    );
     let memory = table(
         &peers,
         &rows,
@@ -1310,10 +1786,11 @@ fn main() {
             let _ = c.wait();
         }
     }
+    remove_cgroups();
     let _ = Command::new(lowport_bin())
         .args(["rules", "remove"])
         .output();
-    let rules = if figure("rules") {
+    let (rules, rule_ratios) = if figure("rules") {
         // A fresh namespace: in the one the traffic figures ran in (with
         // the conntrack entries and sockets of millions of connections),
         // `nft -f` of one mapping took 156 ms against 16 ms in a fresh one,
@@ -1321,8 +1798,12 @@ fn main() {
         let _rules_ns = Netns::enter_new("rules");
         rule_install_speed(if quick() { 3 } else { 11 })
     } else {
-        "not measured (LOWPORT_BENCH_FIGURES)\n".to_owned()
+        (
+            "not measured (LOWPORT_BENCH_FIGURES)\n".to_owned(),
+            Vec::new(),
+        )
     };
+    let targets = targets(&peers, &rows, &rule_ratios);
 
     let kernel = run("uname", &["-r"]);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -1337,7 +1818,16 @@ fn main() {
     let report = format!(
         "# lowport peer benchmark\n\n{} — {} CPUs ({}), kernel {}; {} round(s) of {:.1} s per figure, medians; \
          load generator and backend on CPU 0, each proxy alone on CPU 1; loopback inside a private network namespace. \
-         Ratios are to \"direct\" (client straight to the backend).\n\n## Traffic\n\n{traffic}\n\
+         Ratios are to \"direct\" (client straight to the backend).\n\n\
+         ## Targets\n\n\
+         lowport against the best peer on each figure (the best by median; round by round, the best of that round). \
+         A spread that straddles the target means this machine cannot tell the two apart at that margin.\n\n{targets}\n\
+         ## Traffic\n\n{traffic}\n\
+         ## Where the limit is\n\n\
+         Each CPU's busy share during the figure. CPU 0 runs the load generator (one event loop), the backend (one event loop) \
+         and the kernel's work for their sockets, including the receive path of every segment they send; CPU 1 runs the proxy \
+         and the kernel's work for the segments it sends. Where CPU 0 is near 100% in every relay row, the rate is set there, \
+         not by the relay.\n\n{busy}\n\
          ## Idle connections\n\nPer connection, after 1000 and 3000 idle connections (each moved one byte first). \
          Kernel memory: the slab caches of sockets, files, epoll entries, pipes, conntrack and kmalloc, TCP buffers, kernel stacks and page tables, as a machine-wide delta — it includes the client's and backend's sockets, so compare rows, not absolutes.\n\n{memory}\n\
          ## What each relay does with a half-close and a reset\n\n{checks}\n\

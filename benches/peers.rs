@@ -1036,14 +1036,16 @@ impl Row {
     fn add(&mut self, key: &'static str, v: f64) {
         self.samples.entry(key).or_default().push(v);
     }
-    /// Each CPU's busy share (%) since `before`, under `figure`'s keys.
-    fn add_busy(&mut self, figure: &str, before: &[CpuTime; 2]) {
+    /// Each CPU's busy share (%) since `before`, under `figure`'s keys;
+    /// returns CPU 0's busy seconds.
+    fn add_busy(&mut self, figure: &str, before: &[CpuTime; 2]) -> f64 {
         let keys = match figure {
             "bulk" => ["bulk_busy0", "bulk_busy1"],
             "short" => ["short_busy0", "short_busy1"],
             _ => ["ka_busy0", "ka_busy1"],
         };
-        for ((key, b), n) in keys.into_iter().zip(before).zip(cpu_jiffies()) {
+        let now = cpu_jiffies();
+        for ((key, b), n) in keys.into_iter().zip(before).zip(now) {
             let total = n.total.saturating_sub(b.total);
             if total > 0 {
                 self.add(
@@ -1052,6 +1054,9 @@ impl Row {
                 );
             }
         }
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        now[0].busy.saturating_sub(before[0].busy) as f64 / hz
     }
     fn median(&self, key: &str) -> Option<f64> {
         let mut v = self.samples.get(key)?.clone();
@@ -1578,23 +1583,29 @@ fn main() {
                     Some((cpu_seconds(p)? - c0?) * 1e6 / (rate * t.elapsed().as_secs_f64()))
                 };
                 type Load = fn(u16, usize, f64) -> std::io::Result<(f64, f64)>;
-                let loads: [(&str, Load, usize, [&'static str; 3]); 2] = [
+                let loads: [(&str, Load, usize, [&'static str; 4]); 2] = [
                     (
                         "short",
                         short_conns,
                         4,
-                        ["short_rate", "short_p99", "short_cpu"],
+                        ["short_rate", "short_p99", "short_cpu", "short_cpu0_us"],
                     ),
-                    ("ka", keepalive, 32, ["ka_rate", "ka_p99", "ka_cpu"]),
+                    (
+                        "ka",
+                        keepalive,
+                        32,
+                        ["ka_rate", "ka_p99", "ka_cpu", "ka_cpu0_us"],
+                    ),
                 ];
-                for (name, load, workers, [rate_key, p99_key, cpu_key]) in loads {
+                for (name, load, workers, [rate_key, p99_key, cpu_key, cpu0_key]) in loads {
                     if !figure(name) {
                         continue;
                     }
                     let (cpu0, t) = (cpu_seconds(p), Instant::now());
                     let busy0 = cpu_jiffies();
                     let (rate, p99) = load(p.port, workers, secs)?;
-                    r.add_busy(name, &busy0);
+                    let cpu0_s = r.add_busy(name, &busy0);
+                    r.add(cpu0_key, cpu0_s * 1e6 / (rate * t.elapsed().as_secs_f64()));
                     r.add(rate_key, rate);
                     r.add(p99_key, p99);
                     if let Some(us) = cpu_us_per_op(cpu0, t, rate) {
@@ -1731,6 +1742,12 @@ fn main() {
                 ratio: false,
             },
             Column {
+                key: "short_cpu0_us",
+                title: "CPU 0 µs/conn",
+                fmt: us1,
+                ratio: true,
+            },
+            Column {
                 key: "ka_busy0",
                 title: "keep-alive: CPU 0",
                 fmt: pct,
@@ -1741,6 +1758,12 @@ fn main() {
                 title: "CPU 1",
                 fmt: pct,
                 ratio: false,
+            },
+            Column {
+                key: "ka_cpu0_us",
+                title: "CPU 0 µs/req",
+                fmt: us1,
+                ratio: true,
             },
         ],
     );
@@ -1827,7 +1850,8 @@ fn main() {
          Each CPU's busy share during the figure. CPU 0 runs the load generator (one event loop), the backend (one event loop) \
          and the kernel's work for their sockets, including the receive path of every segment they send; CPU 1 runs the proxy \
          and the kernel's work for the segments it sends. Where CPU 0 is near 100% in every relay row, the rate is set there, \
-         not by the relay.\n\n{busy}\n\
+         not by the relay; what a relay then changes is CPU 0's cost per connection or request (\"CPU 0 µs\"), through how its \
+         deliveries wake the client and the backend.\n\n{busy}\n\
          ## Idle connections\n\nPer connection, after 1000 and 3000 idle connections (each moved one byte first). \
          Kernel memory: the slab caches of sockets, files, epoll entries, pipes, conntrack and kmalloc, TCP buffers, kernel stacks and page tables, as a machine-wide delta — it includes the client's and backend's sockets, so compare rows, not absolutes.\n\n{memory}\n\
          ## What each relay does with a half-close and a reset\n\n{checks}\n\

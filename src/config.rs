@@ -25,7 +25,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/lowport/lowport.yaml";
 pub struct ProxySettings {
     /// At most this many client connections at once; accepting pauses above it.
     pub max_connections: NonZeroUsize,
-    /// Per resolved backend address.
+    /// For the backend name's lookup, then for each resolved address.
     pub connect_timeout: Duration,
     /// Close a connection when neither side sent anything for this long.
     pub idle_timeout: Duration,

@@ -292,6 +292,55 @@ fn backend_names_are_resolved() {
     );
 }
 
+/// A backend name whose lookup gets no answer (the namespace's resolver is
+/// a UDP socket that reads and never replies, and resolv.conf gives it 30 s):
+/// the client is closed after connect_timeout with the reason in the log,
+/// not when the resolver gives up.
+#[test]
+fn a_hanging_name_lookup_ends_at_connect_timeout() {
+    if !require_root("a_hanging_name_lookup_ends_at_connect_timeout") {
+        return;
+    }
+    let ns = Netns::new("pxdns");
+    ns.etc_file(
+        "resolv.conf",
+        "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n",
+    );
+    let silent = ns
+        .enter(|| std::net::UdpSocket::bind("127.0.0.1:53"))
+        .expect("a resolver that never answers");
+    let dir = temp_dir("dnshang");
+    let cfg = config(
+        &dir,
+        "  - listen: 9088\n    to: \"hangs.lowport.test:8088\"\n",
+        "  connect_timeout: 1s\n",
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+    let start = Instant::now();
+    let mut c = connect_in(&ns, "127.0.0.1:9088").expect("connect");
+    expect_closed(&mut c, Duration::from_secs(40));
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "closed only after {:?}: the lookup's own timeout, not connect_timeout",
+        start.elapsed()
+    );
+    let line = proxy.expect_line(
+        "no backend for hangs.lowport.test:8088",
+        Duration::from_secs(5),
+    );
+    assert!(
+        line.contains("name resolution: no answer within connect_timeout 1s"),
+        "{line}"
+    );
+    // The lookup really went to the silent resolver (it did not fail fast).
+    silent.set_nonblocking(true).expect("non-blocking");
+    let mut query = [0u8; 512];
+    assert!(
+        silent.recv_from(&mut query).is_ok(),
+        "the proxy never asked the namespace's resolver"
+    );
+}
+
 /// SYNs to the target are dropped (an nft rule in the test namespace): each
 /// address gets its own connect_timeout, then the next is tried; when all
 /// time out the client is closed.

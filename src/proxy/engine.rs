@@ -118,8 +118,11 @@ struct Listener {
 /// Where a connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Waiting for the control plane to resolve the target's name.
-    Resolving,
+    /// Waiting for the control plane to resolve the target's name, asked
+    /// at `since`; the lookup gets `connect_timeout` too.
+    Resolving {
+        since: u64,
+    },
     /// No file descriptor was left for the backend socket: it is tried
     /// again when the back-off ends.
     Starved,
@@ -594,7 +597,7 @@ impl Engine {
             peer,
             addrs,
             failures: String::new(),
-            phase: Phase::Resolving,
+            phase: Phase::Resolving { since: self.now },
             generation,
             registered: [None, None],
             last_active: self.now,
@@ -614,6 +617,12 @@ impl Engine {
                 });
                 if asked.is_err() {
                     self.refuse(key, "name resolution is not available".to_owned());
+                } else {
+                    // getaddrinfo has its own timeouts (5 s per try and
+                    // server by default), but a client should not wait on
+                    // them longer than on a backend that does not answer.
+                    let due = self.now + ms(self.settings.connect_timeout);
+                    self.arm(key, due);
                 }
             }
             None => self.connect_next(key),
@@ -624,7 +633,7 @@ impl Engine {
         let Some(Entry::Conn(c)) = self.entries.get_mut(key) else {
             return;
         };
-        if c.generation != generation || c.phase != Phase::Resolving {
+        if c.generation != generation || !matches!(c.phase, Phase::Resolving { .. }) {
             return;
         }
         match addrs {
@@ -999,7 +1008,18 @@ impl Engine {
         let now = self.now;
         let s = &self.settings;
         match c.phase {
-            Phase::Resolving => {}
+            Phase::Resolving { since } => {
+                if now >= since + ms(s.connect_timeout) {
+                    let why = format!(
+                        "name resolution: no answer within connect_timeout {:?}",
+                        s.connect_timeout
+                    );
+                    self.refuse(key, why);
+                } else {
+                    let due = since + ms(s.connect_timeout);
+                    self.arm(key, due);
+                }
+            }
             Phase::Starved => self.connect_next(key),
             Phase::Connecting { since } => {
                 if now >= since + ms(s.connect_timeout) {

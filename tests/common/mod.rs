@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -277,6 +277,18 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Give commands run inside (`ip netns exec`) their own copy of
+    /// /etc/FILE: `ip netns exec` mounts /etc/netns/NAME/FILE over it.
+    /// Removed with the namespace.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn etc_file(&self, file: &str, text: &str) {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).expect("make /etc/netns/NAME");
+        std::fs::write(dir.join(file), text).expect("write the namespace's /etc file");
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         for child in &mut self.children {
@@ -286,6 +298,7 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
     }
 }
 

@@ -1445,6 +1445,49 @@ fn rule_install_speed(rounds: usize) -> (String, Vec<RuleRatio>) {
 
 // ---------------------------------------------------------------- main
 
+/// One traffic figure ("bulk": one and four streams; "short"; "ka") for
+/// one row, added to its samples.
+fn measure(p: &Peer, r: &mut Row, figure: &str, secs: f64) -> std::io::Result<()> {
+    if figure == "bulk" {
+        for (streams, key) in [(1, "bulk1"), (4, "bulk4")] {
+            let (cpu0, busy0) = (cpu_seconds(p), cpu_jiffies());
+            let t = Instant::now();
+            let bps = bulk(p.port, streams, secs)?;
+            let bytes = bps * t.elapsed().as_secs_f64();
+            r.add(key, bps);
+            if streams == 1 {
+                r.add_busy("bulk", &busy0);
+                if let (Some(c0), Some(c1)) = (cpu0, cpu_seconds(p)) {
+                    r.add("cpu_per_gb", (c1 - c0) / (bytes / 1e9));
+                }
+            }
+        }
+        return Ok(());
+    }
+    type Load = fn(u16, usize, f64) -> std::io::Result<(f64, f64)>;
+    let (load, workers, [rate_key, p99_key, cpu_key, cpu0_key]): (Load, usize, [&'static str; 4]) =
+        match figure {
+            "short" => (
+                short_conns,
+                4,
+                ["short_rate", "short_p99", "short_cpu", "short_cpu0_us"],
+            ),
+            _ => (keepalive, 32, ["ka_rate", "ka_p99", "ka_cpu", "ka_cpu0_us"]),
+        };
+    let (cpu0, busy0, t) = (cpu_seconds(p), cpu_jiffies(), Instant::now());
+    let (rate, p99) = load(p.port, workers, secs)?;
+    let ops = rate * t.elapsed().as_secs_f64();
+    let cpu0_s = r.add_busy(figure, &busy0);
+    r.add(cpu0_key, cpu0_s * 1e6 / ops);
+    r.add(rate_key, rate);
+    r.add(p99_key, p99);
+    // The proxy's CPU µs per operation.
+    if let (Some(c0), Some(c1)) = (cpu0, cpu_seconds(p)) {
+        r.add(cpu_key, (c1 - c0) * 1e6 / ops);
+    }
+    Ok(())
+}
+
 /// `--reap PROGRAM ARGS...`: run PROGRAM as a child subreaper, so the
 /// processes it orphans are reaped here the moment they exit; exit with it.
 fn reap(program: &str, args: &[String]) -> ! {
@@ -1554,68 +1597,21 @@ fn main() {
         } else {
             order
         };
-        for i in order {
-            let (p, r) = (&peers[i], &mut rows[i]);
-            if p.skipped.is_some() || r.error.is_some() {
+        // Figure by figure, every row in turn: a figure's rows run within
+        // seconds of each other, so a round's ratios compare like with like
+        // (row by row, a figure's rows were up to a minute apart).
+        for fig in ["bulk", "short", "ka"] {
+            if !figure(fig) {
                 continue;
             }
-            let result = with_rules(p, || -> std::io::Result<()> {
-                for (streams, key) in [(1, "bulk1"), (4, "bulk4")] {
-                    if !figure("bulk") {
-                        break;
-                    }
-                    let (cpu0, busy0) = (cpu_seconds(p), cpu_jiffies());
-                    let t = Instant::now();
-                    let bps = bulk(p.port, streams, secs)?;
-                    if streams == 1 {
-                        r.add_busy("bulk", &busy0);
-                    }
-                    let bytes = bps * t.elapsed().as_secs_f64();
-                    r.add(key, bps);
-                    if let (Some(c0), Some(c1)) = (cpu0, cpu_seconds(p)) {
-                        if streams == 1 {
-                            r.add("cpu_per_gb", (c1 - c0) / (bytes / 1e9));
-                        }
-                    }
+            for &i in &order {
+                let (p, r) = (&peers[i], &mut rows[i]);
+                if p.skipped.is_some() || r.error.is_some() {
+                    continue;
                 }
-                // Per operation: the proxy's CPU µs over the operations done.
-                let cpu_us_per_op = |c0: Option<f64>, t: Instant, rate: f64| {
-                    Some((cpu_seconds(p)? - c0?) * 1e6 / (rate * t.elapsed().as_secs_f64()))
-                };
-                type Load = fn(u16, usize, f64) -> std::io::Result<(f64, f64)>;
-                let loads: [(&str, Load, usize, [&'static str; 4]); 2] = [
-                    (
-                        "short",
-                        short_conns,
-                        4,
-                        ["short_rate", "short_p99", "short_cpu", "short_cpu0_us"],
-                    ),
-                    (
-                        "ka",
-                        keepalive,
-                        32,
-                        ["ka_rate", "ka_p99", "ka_cpu", "ka_cpu0_us"],
-                    ),
-                ];
-                for (name, load, workers, [rate_key, p99_key, cpu_key, cpu0_key]) in loads {
-                    if !figure(name) {
-                        continue;
-                    }
-                    let (cpu0, t) = (cpu_seconds(p), Instant::now());
-                    let busy0 = cpu_jiffies();
-                    let (rate, p99) = load(p.port, workers, secs)?;
-                    let cpu0_s = r.add_busy(name, &busy0);
-                    r.add(cpu0_key, cpu0_s * 1e6 / (rate * t.elapsed().as_secs_f64()));
-                    r.add(rate_key, rate);
-                    r.add(p99_key, p99);
-                    if let Some(us) = cpu_us_per_op(cpu0, t, rate) {
-                        r.add(cpu_key, us);
-                    }
+                if let Err(e) = with_rules(p, || measure(p, r, fig, secs)) {
+                    r.error = Some(format!("failed: {e}"));
                 }
-                Ok(())
-            });
-            if let Err(e) = result {
-                r.error = Some(format!("failed: {e}"));
             }
         }
     }

@@ -14,18 +14,6 @@ use std::time::{Duration, Instant};
 use common::{require_root, Lan, Netns};
 use proxy_support::*;
 
-/// The proxy closes (or resets) `c` without sending anything, within
-/// `within`.
-fn expect_closed(c: &mut TcpStream, within: Duration) {
-    c.set_read_timeout(Some(within)).expect("timeout");
-    let mut buf = [0u8; 16];
-    match c.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) if is_reset(&e) => {}
-        other => panic!("expected a close, got {other:?}"),
-    }
-}
-
 fn config(ns_dir: &std::path::Path, mappings: &str, proxy: &str) -> std::path::PathBuf {
     write_config(ns_dir, &format!("mappings:\n{mappings}proxy:\n{proxy}"))
 }

@@ -58,6 +58,35 @@ fn sighup_keeps_live_connections_adds_and_removes_listeners() {
     round_trip(&mut live, b"listener gone, connection not").expect("live connection kept");
 }
 
+/// A reload that shortens idle_timeout holds for connections already open:
+/// an idle live connection is closed by the new timeout, not the old hour.
+#[test]
+fn sighup_shorter_idle_timeout_applies_to_live_connections() {
+    if !require_root("sighup_shorter_idle_timeout_applies_to_live_connections") {
+        return;
+    }
+    let ns = Netns::new("pxidle");
+    echo_server(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("idle");
+    let mapping = "mappings:\n  - listen: 9080\n    to: 8080\n";
+    let cfg = write_config(&dir, &format!("{mapping}proxy:\n  idle_timeout: 1h\n"));
+    let proxy = Launch::new(&ns, &cfg).start();
+    let mut live = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+    round_trip(&mut live, b"before").expect("echo");
+
+    write_config(&dir, &format!("{mapping}proxy:\n  idle_timeout: 1s\n"));
+    proxy.signal(libc::SIGHUP);
+    proxy.expect_line("reloaded configuration", Duration::from_secs(10));
+    let start = Instant::now();
+    expect_closed(&mut live, Duration::from_secs(30));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "closed after {:?}",
+        start.elapsed()
+    );
+    proxy.expect_line("idle for 1s: closed", Duration::from_secs(5));
+}
+
 #[test]
 fn sigterm_drains_then_exits_zero() {
     if !require_root("sigterm_drains_then_exits_zero") {

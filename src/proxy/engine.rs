@@ -364,7 +364,22 @@ impl Engine {
                     self.entries
                         .retain(|_, e| !matches!(e, Entry::Listener(l) if l.key == key));
                 }
-                Command::Settings(s) => self.settings = s,
+                Command::Settings(s) => {
+                    self.settings = s;
+                    // Every timer was armed for the old timeouts: look at
+                    // each connection again now, so a shorter idle_timeout,
+                    // fin_timeout or connect_timeout holds for live
+                    // connections too (a longer one re-arms later).
+                    let keys: Vec<usize> = self
+                        .entries
+                        .iter()
+                        .filter(|(_, e)| matches!(e, Entry::Conn(_)))
+                        .map(|(k, _)| k)
+                        .collect();
+                    for key in keys {
+                        self.arm(key, self.now);
+                    }
+                }
                 Command::Resolved {
                     conn,
                     generation,

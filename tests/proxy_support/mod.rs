@@ -494,6 +494,18 @@ impl Gate {
     }
 }
 
+/// The relay ends the connection (a FIN or a reset) within `within`;
+/// anything else (data, a timeout) fails the test.
+pub fn expect_closed(c: &mut TcpStream, within: Duration) {
+    c.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 16];
+    match c.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if is_reset(&e) => {}
+        other => panic!("expected a close, got {other:?}"),
+    }
+}
+
 /// Is this error a connection reset?
 pub fn is_reset(e: &std::io::Error) -> bool {
     e.kind() == ErrorKind::ConnectionReset

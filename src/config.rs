@@ -197,10 +197,12 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
 struct RawFile {
     #[serde(default)]
     mappings: Option<Vec<Value>>,
+    // The sections stay raw here and are read one by one, so that an error
+    // in one names it (`proxy: unknown field ...`) and comes in file order.
     #[serde(default)]
-    proxy: Option<RawProxy>,
+    proxy: Option<Value>,
     #[serde(default)]
-    rules: Option<RawRules>,
+    rules: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -262,18 +264,34 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         check_conflicts(&config.mappings, &m).map_err(&invalid)?;
         config.mappings.push(m);
     }
-    if let Some(p) = raw.proxy {
+    if let Some(p) = section::<RawProxy>("proxy", raw.proxy).map_err(&invalid)? {
         config.proxy = parse_proxy(p).map_err(&invalid)?;
     }
-    if let Some(r) = raw.rules {
+    if let Some(r) = section::<RawRules>("rules", raw.rules).map_err(&invalid)? {
         config.rules = parse_rules(r).map_err(&invalid)?;
     }
     Ok(config)
 }
 
+/// Read the `name:` section; absent or empty is None.
+fn section<T: serde::de::DeserializeOwned>(
+    name: &str,
+    value: Option<Value>,
+) -> Result<Option<T>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) if !v.is_mapping() => Err(format!(
+            "{name}: expected a map of settings, found {}",
+            describe(&v)
+        )),
+        Some(v) => serde_yaml::from_value(v)
+            .map(Some)
+            .map_err(|e| format!("{name}: {}", top_level_message(&e))),
+    }
+}
+
 fn top_level_message(e: &serde_yaml::Error) -> String {
     let msg = strip_location(&e.to_string()).to_owned();
-    // serde names the section in its path ("proxy: unknown field ...").
     if msg.contains("unknown field") {
         format!("{msg}; remove or correct the key")
     } else {
@@ -300,7 +318,7 @@ fn parse_mapping(value: Value, index: usize) -> Result<Mapping, String> {
         ));
     }
     let raw: RawMapping = serde_yaml::from_value(value).map_err(|e| {
-        let msg = strip_location(&e.to_string()).to_owned();
+        let msg = top_level_message(&e);
         format!("{label}: {msg}")
     })?;
     let name = match raw.name {
@@ -732,6 +750,43 @@ mod tests {
         assert_eq!(c.proxy.user, "www-data");
         assert_eq!(c.rules.backend, BackendChoice::Iptables);
         assert!(c.rules.enable_forwarding);
+    }
+
+    /// An error in a section names the section, comes in file order (the
+    /// mapping before the proxy settings below it) and says what to do.
+    #[test]
+    fn section_errors_name_the_section() {
+        let m = "mappings:\n  - listen: 80\n    to: 8080\n";
+        for (yaml, needle) in [
+            (
+                format!("{m}proxy:\n  idle: 1s\n"),
+                "test.yaml: proxy: unknown field `idle`",
+            ),
+            (
+                format!("{m}rules:\n  backnd: auto\n"),
+                "test.yaml: rules: unknown field `backnd`",
+            ),
+            (
+                format!("{m}proxy: 5\n"),
+                "proxy: expected a map of settings, found the number 5",
+            ),
+            (
+                "mappings:\n  - listen: 80\n    to: 8080\n    too: 1\nproxy:\n  idle: 1s\n"
+                    .to_owned(),
+                "mapping #1: unknown field `too`",
+            ),
+        ] {
+            let err = parse(&yaml).unwrap_err();
+            assert!(err.contains(needle), "{yaml}: {err}");
+            if err.contains("unknown field") {
+                assert!(err.ends_with("remove or correct the key"), "{err}");
+            }
+        }
+        // An empty section is no section.
+        assert_eq!(
+            parse(&format!("{m}proxy:\n")).unwrap().proxy,
+            ProxySettings::default()
+        );
     }
 
     #[test]

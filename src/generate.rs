@@ -14,13 +14,104 @@ pub fn completions(shell: clap_complete::Shell) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `lowport.1`, in roff.
+/// `lowport.1`, in roff: clap's sections, then the configuration file,
+/// signals, environment and files (what `--help` has no room for).
 pub fn man_page() -> String {
     let mut out = Vec::new();
     // Writing to a Vec cannot fail.
     let _ = clap_mangen::Man::new(Cli::command()).render(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    let page = String::from_utf8_lossy(&out).into_owned();
+    match page.find("\n.SH VERSION") {
+        Some(at) => format!(
+            "{}\n{}{}",
+            &page[..at],
+            MAN_SECTIONS.trim_end(),
+            &page[at..]
+        ),
+        None => format!("{page}{MAN_SECTIONS}"),
+    }
 }
+
+/// The man page's own sections. Every key the configuration parser accepts
+/// is listed here (a test holds the two together).
+const MAN_SECTIONS: &str = r#".SH CONFIGURATION FILE
+A YAML file: \fB\-c\fR FILE, else \fBLOWPORT_CONFIG\fR, else /etc/lowport/lowport.yaml (not read when only \fB\-m\fR is given). Mappings from \fB\-m\fR come after the file's. Unknown keys are errors; every error names the file, the mapping (number and name) and the value, and exits 2.
+.PP
+.B mappings:
+a list; each entry:
+.TP
+.B name
+Optional label (1\-64 letters, digits, \-, _, .), unique; shown in logs, rule comments and \fBrules show\fR.
+.TP
+.B listen
+"[ADDR:]PORT". No ADDR: every local address, IPv4 and IPv6. 0.0.0.0:PORT is every IPv4 address only, "[::]:PORT" every IPv6 address only.
+.TP
+.B to
+"[HOST:]PORT". No HOST: this machine. HOST is an address or a name (resolved when rules are applied; per connection in proxy mode).
+.TP
+.B protocol
+tcp (default), udp or both. UDP (HTTP/3) is rules mode only.
+.TP
+.B proxy_protocol
+Proxy mode: off (default), v1 or v2: send a PROXY protocol header with the client's address to the backend first.
+.PP
+.B proxy:
+settings of \fBlowport proxy\fR (durations: 500ms, 5s, 10m, 1h, or a number of seconds):
+.TP
+.B max_connections
+Client connections at once (default 4096); above it accepting pauses and clients wait in the listen backlog.
+.TP
+.B connect_timeout
+For the backend name's lookup, then for each resolved address (default 5s); when all fail the client is reset.
+.TP
+.B idle_timeout
+Close a connection when neither side sent anything for this long (default 10m).
+.TP
+.B fin_timeout
+How long a half\-closed connection may linger (default 60s).
+.TP
+.B shutdown_timeout
+After SIGTERM, how long live connections may finish before they are reset (default 30s).
+.TP
+.B user
+The user to switch to after binding, when started as root (default nobody).
+.PP
+.B rules:
+settings of \fBlowport rules\fR:
+.TP
+.B backend
+auto (default), nftables or iptables. auto picks iptables when lowport's iptables chains are installed or legacy iptables NAT rules are in use (mixing them with nftables NAT gives surprising precedence), else nftables when the kernel has it, else iptables; \fB\-v\fR logs the choice and why.
+.TP
+.B enable_forwarding
+May \fBrules apply\fR turn on IP forwarding for targets on other hosts (default false)?
+.SH SIGNALS
+\fBlowport proxy\fR:
+.TP
+.B SIGTERM, SIGINT
+Stop accepting, let live connections finish for up to shutdown_timeout (then reset them), exit 0.
+.TP
+.B SIGHUP
+Re\-read the configuration: unchanged listeners are kept, new ones bound if possible, removed ones closed; live connections continue under the new timeouts. An invalid file is logged and the old configuration keeps serving.
+.TP
+.B SIGUSR1
+Log the counters (accepted, active, refused, bytes each way, splice fallbacks, errors by kind).
+.SH ENVIRONMENT
+.TP
+.B LOWPORT_CONFIG
+The configuration file, when \fB\-c\fR is not given.
+.TP
+.B RUST_LOG
+A log filter (e.g. debug) that overrides \fB\-v\fR and \fB\-q\fR.
+.SH FILES
+.TP
+/etc/lowport/lowport.yaml
+The default configuration file.
+.TP
+lowport\-rules.service, lowport\-proxy.service, lowport\-proxy.socket
+systemd units shipped in dist/systemd: rules applied at boot and again after a firewall reload; the proxy with only CAP_NET_BIND_SERVICE, or socket\-activated with none.
+.SH SEE ALSO
+nft(8), iptables\-restore(8), setcap(8), capabilities(7), systemd.socket(5)
+"#;
 
 /// Every generated file, by its path under `dist/`.
 pub fn dist_files() -> Vec<(String, String)> {
@@ -55,6 +146,40 @@ mod tests {
                 committed == text,
                 "dist/{rel} is stale: regenerate with `LOWPORT_BLESS=1 cargo test generated_files`"
             );
+        }
+    }
+
+    /// Every key the configuration parser accepts is in the man page: the
+    /// parser's own list, from its "unknown field" error for each section.
+    #[test]
+    fn man_page_lists_every_configuration_key() {
+        let man = man_page();
+        let m = "mappings:\n  - listen: 80\n    to: 8080\n";
+        for yaml in [
+            "zz_probe: 1\n".to_owned(),
+            "mappings:\n  - listen: 80\n    to: 8080\n    zz_probe: 1\n".to_owned(),
+            format!("{m}proxy:\n  zz_probe: 1\n"),
+            format!("{m}rules:\n  zz_probe: 1\n"),
+        ] {
+            let err = crate::config::parse_str(&yaml, Path::new("probe.yaml"))
+                .unwrap_err()
+                .to_string();
+            let keys: Vec<&str> = err
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|k| *k != "zz_probe")
+                .collect();
+            assert!(!keys.is_empty(), "no keys in {err}");
+            for key in keys {
+                assert!(
+                    man.contains(&format!(".B {key}\n")) || man.contains(&format!(".B {key}:\n")),
+                    "the man page does not describe `{key}`"
+                );
+            }
+        }
+        for section in ["CONFIGURATION FILE", "SIGNALS", "ENVIRONMENT", "FILES"] {
+            assert!(man.contains(&format!(".SH {section}")), "{section}");
         }
     }
 

@@ -85,6 +85,16 @@ pub enum Command {
     /// Relay TCP connections in the foreground (splice(2), zero-copy): binds
     /// the listen ports, drops every privilege, then serves. SIGTERM/SIGINT
     /// drain and exit, SIGHUP reloads the configuration, SIGUSR1 logs counters.
+    #[command(after_help = "WITHOUT ROOT:\n  \
+      sudo setcap cap_net_bind_service=+ep /usr/local/bin/lowport\n  \
+      lowport -v -m 80:8080 -m 443:8443 proxy     as any user; the capability is dropped once bound\n\n\
+    SETTINGS (the proxy: section of the YAML file; man lowport has them all):\n  \
+      max_connections: 4096   above it, new clients wait in the listen backlog\n  \
+      connect_timeout: 5s     for the backend name's lookup, then per resolved address\n  \
+      idle_timeout: 10m       close when neither side sent anything for this long\n  \
+      fin_timeout: 60s        how long a half-closed connection may linger\n  \
+      shutdown_timeout: 30s   after SIGTERM, how long live connections may finish\n  \
+      user: nobody            switched to after binding, when started as root")]
     Proxy,
     /// Validate the configuration, then diagnose this host: is something
     /// listening on each target (and as whom), are the rules installed and

@@ -183,6 +183,36 @@ mod tests {
         }
     }
 
+    /// The settings `lowport proxy --help` shows are the defaults: its lines
+    /// under SETTINGS, read as the proxy: section, give the default settings.
+    #[test]
+    fn proxy_help_shows_the_default_settings() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("proxy")
+            .expect("proxy subcommand")
+            .render_help()
+            .to_string();
+        let settings: Vec<&str> = help
+            .lines()
+            .skip_while(|l| !l.starts_with("SETTINGS"))
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .map(|l| l.trim().split("   ").next().unwrap_or(""))
+            .collect();
+        assert_eq!(settings.len(), 6, "{help}");
+        let yaml = format!(
+            "mappings:\n  - listen: 80\n    to: 8080\nproxy:\n  {}\n",
+            settings.join("\n  ")
+        );
+        let parsed = crate::config::parse_str(&yaml, Path::new("help.yaml")).expect(&yaml);
+        assert_eq!(
+            parsed.proxy,
+            crate::config::ProxySettings::default(),
+            "{yaml}"
+        );
+    }
+
     #[test]
     fn man_page_and_completions_know_the_commands() {
         let man = man_page();

@@ -4,7 +4,8 @@
 //!
 //! Run as root: `cargo bench --bench peers` (`LOWPORT_BENCH_QUICK=1` for a
 //! short smoke run, `LOWPORT_BENCH_SECS=10` to lengthen each figure for a
-//! profiler, `LOWPORT_BENCH_ONLY=lowport,haproxy` for those rows and direct,
+//! profiler, `LOWPORT_BENCH_ROUNDS=15` for more rounds than five,
+//! `LOWPORT_BENCH_ONLY=lowport,haproxy` for those rows and direct,
 //! `LOWPORT_BENCH_FIGURES=short,ka` for those figures only).
 //! Everything runs inside a network namespace this
 //! program makes, on its loopback; nothing touches the host's firewall.
@@ -1561,7 +1562,15 @@ fn main() {
 
     // Five short rounds rather than three long ones: the median of five is
     // far steadier on a 2-core VM, for the same total time.
-    let (rounds, mut secs) = if quick() { (1, 0.5) } else { (5, 2.0) };
+    let (mut rounds, mut secs) = if quick() { (1, 0.5) } else { (5, 2.0) };
+    // LOWPORT_BENCH_ROUNDS=15: more rounds, for a narrower spread.
+    if let Some(n) = std::env::var("LOWPORT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        rounds = n;
+    }
     // LOWPORT_BENCH_SECS=10: longer figures, to attach a profiler.
     if let Some(s) = std::env::var("LOWPORT_BENCH_SECS")
         .ok()

@@ -614,7 +614,7 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 }
 
 /// The relay's processes: those in its cgroup, or else the tree under its
-/// pid. None for the kernel rows.
+/// pid; none for the kernel rows.
 fn procs(p: &Peer) -> Vec<u32> {
     let Some(child) = &p.child else {
         return Vec::new();

@@ -1228,7 +1228,7 @@ const TARGETS: &[Target] = &[
 /// this machine can resolve.
 fn targets(peers: &[Peer], rows: &[Row], rules: &[RuleRatio]) -> String {
     let mut out = String::from(
-        "| figure | target (lowport ÷ best peer) | lowport | best peer | lowport ÷ best peer | same, round by round (min–max) | held |\n\
+        "| figure | target (lowport ÷ best peer) | lowport | best peer | lowport ÷ best peer | same, round by round: middle half (all) | held |\n\
          |---|---:|---:|---:|---:|---:|---|\n",
     );
     let Some(lp) = peers.iter().position(|p| p.name.starts_with("lowport")) else {
@@ -1266,7 +1266,7 @@ fn targets(peers: &[Peer], rows: &[Row], rules: &[RuleRatio]) -> String {
         };
         let ratio = l / b;
         let rounds = rows[lp].samples.get(t.key).map_or(0, Vec::len);
-        let per_round: Vec<f64> = (0..rounds)
+        let mut per_round: Vec<f64> = (0..rounds)
             .filter_map(|j| {
                 let l = *rows[lp].samples.get(t.key)?.get(j)?;
                 let (_, b) = pick(
@@ -1278,12 +1278,20 @@ fn targets(peers: &[Peer], rows: &[Row], rules: &[RuleRatio]) -> String {
             })
             .filter(|r| r.is_finite())
             .collect();
-        let spread = match (
-            per_round.iter().copied().reduce(f64::min),
-            per_round.iter().copied().reduce(f64::max),
-        ) {
-            (Some(lo), Some(hi)) if per_round.len() > 1 => format!("{lo:.2}–{hi:.2}×"),
-            _ => "– (measured once)".to_owned(),
+        // The middle half of the rounds' ratios, then all of them: the
+        // extremes widen with the number of rounds, the middle half does not.
+        per_round.sort_by(f64::total_cmp);
+        let n = per_round.len();
+        let spread = if n > 1 {
+            format!(
+                "{:.2}–{:.2}× ({:.2}–{:.2}×)",
+                per_round[n / 4],
+                per_round[3 * n / 4],
+                per_round[0],
+                per_round[n - 1]
+            )
+        } else {
+            "– (measured once)".to_owned()
         };
         let held = if ratio == t.limit || better(ratio, t.limit) {
             "yes"
@@ -1849,7 +1857,8 @@ fn main() {
          Ratios are to \"direct\" (client straight to the backend).\n\n\
          ## Targets\n\n\
          lowport against the best peer on each figure (the best by median; round by round, the best of that round). \
-         A spread that straddles the target means this machine cannot tell the two apart at that margin.\n\n{targets}\n\
+         Round by round: the middle half of the rounds' ratios, and in brackets all of them. \
+         Where the middle half straddles 1.00×, this machine does not tell the two apart.\n\n{targets}\n\
          ## Traffic\n\n{traffic}\n\
          ## Where the limit is\n\n\
          Each CPU's busy share during the figure. CPU 0 runs the load generator (one event loop), the backend (one event loop) \

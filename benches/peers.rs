@@ -1266,14 +1266,12 @@ fn targets(peers: &[Peer], rows: &[Row], rules: &[RuleRatio]) -> String {
         };
         let ratio = l / b;
         let rounds = rows[lp].samples.get(t.key).map_or(0, Vec::len);
+        // Paired with the same peer in each round (taking each round's best
+        // of several level peers would favour them by the noise alone).
         let mut per_round: Vec<f64> = (0..rounds)
             .filter_map(|j| {
                 let l = *rows[lp].samples.get(t.key)?.get(j)?;
-                let (_, b) = pick(
-                    &mut others
-                        .iter()
-                        .filter_map(|&i| Some((i, *rows[i].samples.get(t.key)?.get(j)?))),
-                )?;
+                let b = *rows[bi].samples.get(t.key)?.get(j)?;
                 Some(l / b)
             })
             .filter(|r| r.is_finite())
@@ -1856,7 +1854,7 @@ fn main() {
          load generator and backend on CPU 0, each proxy alone on CPU 1; loopback inside a private network namespace. \
          Ratios are to \"direct\" (client straight to the backend).\n\n\
          ## Targets\n\n\
-         lowport against the best peer on each figure (the best by median; round by round, the best of that round). \
+         lowport against the best peer on each figure (the best by median), and the same ratio round by round. \
          Round by round: the middle half of the rounds' ratios, and in brackets all of them. \
          Where the middle half straddles 1.00×, this machine does not tell the two apart.\n\n{targets}\n\
          ## Traffic\n\n{traffic}\n\

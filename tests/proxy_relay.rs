@@ -283,7 +283,8 @@ fn backend_names_are_resolved() {
 /// A backend name whose lookup gets no answer (the namespace's resolver is
 /// a UDP socket that reads and never replies, and resolv.conf gives it 30 s):
 /// the client is closed after connect_timeout with the reason in the log,
-/// not when the resolver gives up.
+/// not when the resolver gives up; clients that come while the lookup hangs
+/// wait on the same lookup instead of starting their own.
 #[test]
 fn a_hanging_name_lookup_ends_at_connect_timeout() {
     if !require_root("a_hanging_name_lookup_ends_at_connect_timeout") {
@@ -326,6 +327,23 @@ fn a_hanging_name_lookup_ends_at_connect_timeout() {
     assert!(
         silent.recv_from(&mut query).is_ok(),
         "the proxy never asked the namespace's resolver"
+    );
+    let asked_so_far = 1 + std::iter::from_fn(|| silent.recv_from(&mut query).ok()).count();
+
+    // While that lookup still hangs, more clients for the same name share
+    // it: each is reset at connect_timeout, and the resolver is asked
+    // nothing more (one getaddrinfo sends an A and an AAAA query; ten
+    // lookups would send twenty).
+    let clients: Vec<TcpStream> = (0..10)
+        .map(|_| connect_in(&ns, "127.0.0.1:9088").expect("connect"))
+        .collect();
+    for mut c in clients {
+        expect_closed(&mut c, Duration::from_secs(40));
+    }
+    let asked_later = std::iter::from_fn(|| silent.recv_from(&mut query).ok()).count();
+    assert!(
+        asked_so_far <= 2 && asked_later == 0,
+        "{asked_so_far} queries for the first client, {asked_later} more for ten others"
     );
 }
 

@@ -357,24 +357,46 @@ pub async fn serve(
 }
 
 /// Resolve backend names for the event loop, each lookup on tokio's
-/// blocking pool, and send the answers back.
+/// blocking pool, and send the answers back. One lookup per name and port
+/// at a time: connections that ask while it runs share its answer, so a
+/// burst of clients (or a resolver that does not answer) costs one
+/// getaddrinfo, not one blocked thread per client.
 async fn resolve_names(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Resolve>,
     handle: EngineHandle,
 ) {
-    while let Some(r) = rx.recv().await {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let addrs = tokio::net::lookup_host((r.name.as_str(), r.port))
-                .await
-                .map(|a| a.collect())
-                .map_err(|e| format!("cannot resolve {}: {e}", r.name));
-            handle.send(Command::Resolved {
-                conn: r.conn,
-                generation: r.generation,
-                addrs,
-            });
-        });
+    type Answer = ((String, u16), Result<Vec<SocketAddr>, String>);
+    let mut waiting: HashMap<(String, u16), Vec<(usize, u32)>> = HashMap::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Answer>();
+    loop {
+        tokio::select! {
+            asked = rx.recv() => {
+                let Some(r) = asked else { return };
+                let key = (r.name, r.port);
+                if let Some(conns) = waiting.get_mut(&key) {
+                    conns.push((r.conn, r.generation));
+                    continue;
+                }
+                waiting.insert(key.clone(), vec![(r.conn, r.generation)]);
+                let done = done_tx.clone();
+                tokio::spawn(async move {
+                    let addrs = tokio::net::lookup_host((key.0.as_str(), key.1))
+                        .await
+                        .map(|a| a.collect())
+                        .map_err(|e| format!("cannot resolve {}: {e}", key.0));
+                    let _ = done.send((key, addrs));
+                });
+            }
+            Some((key, addrs)) = done_rx.recv() => {
+                for (conn, generation) in waiting.remove(&key).unwrap_or_default() {
+                    handle.send(Command::Resolved {
+                        conn,
+                        generation,
+                        addrs: addrs.clone(),
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -552,6 +552,25 @@ pub fn connect_in(ns: &Netns, addr: &str) -> std::io::Result<TcpStream> {
     .expect("connect thread")
 }
 
+/// Connect to `addr` in `ns` where the proxy is expected to end the
+/// connection: None when its reset already beat connect()'s own completion
+/// check (a loaded machine can delay the client thread that long).
+pub fn connect_or_reset(ns: &Netns, addr: &str) -> Option<TcpStream> {
+    match connect_in(ns, addr) {
+        Ok(c) => Some(c),
+        Err(e) if is_reset(&e) => None,
+        Err(e) => panic!("connect to {addr}: {e}"),
+    }
+}
+
+/// Connect to `addr` in `ns` and expect the connection ended (a FIN or a
+/// reset) within `within`.
+pub fn expect_closed_in(ns: &Netns, addr: &str, within: Duration) {
+    if let Some(mut c) = connect_or_reset(ns, addr) {
+        expect_closed(&mut c, within);
+    }
+}
+
 /// One echo round trip on an open connection.
 pub fn round_trip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;

@@ -639,8 +639,7 @@ fn cpu_seconds(p: &Peer) -> Option<f64> {
             .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok())?;
         return Some(usec / 1e6);
     }
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = clock_ticks();
     Some(
         procs(p)
             .into_iter()
@@ -742,6 +741,12 @@ fn connect(port: u16) -> std::io::Result<TcpStream> {
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(s)
+}
+
+/// Clock ticks per second, the unit of /proc's CPU times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 /// One CPU's time from /proc/stat, in clock ticks: busy (user, system,
@@ -1055,8 +1060,7 @@ impl Row {
                 );
             }
         }
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let hz = clock_ticks();
         now[0].busy.saturating_sub(before[0].busy) as f64 / hz
     }
     fn median(&self, key: &str) -> Option<f64> {

@@ -256,7 +256,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
             describe(&tree)
         )));
     }
-    let raw: RawFile = serde_yaml::from_value(tree).map_err(|e| invalid(top_level_message(&e)))?;
+    let raw: RawFile = serde_yaml::from_value(tree).map_err(|e| invalid(serde_message(&e)))?;
 
     let mut config = Config::default();
     for (index, value) in raw.mappings.unwrap_or_default().into_iter().enumerate() {
@@ -286,11 +286,11 @@ fn section<T: serde::de::DeserializeOwned>(
         )),
         Some(v) => serde_yaml::from_value(v)
             .map(Some)
-            .map_err(|e| format!("{name}: {}", top_level_message(&e))),
+            .map_err(|e| format!("{name}: {}", serde_message(&e))),
     }
 }
 
-fn top_level_message(e: &serde_yaml::Error) -> String {
+fn serde_message(e: &serde_yaml::Error) -> String {
     let msg = strip_location(&e.to_string()).to_owned();
     if msg.contains("unknown field") {
         format!("{msg}; remove or correct the key")
@@ -318,7 +318,7 @@ fn parse_mapping(value: Value, index: usize) -> Result<Mapping, String> {
         ));
     }
     let raw: RawMapping = serde_yaml::from_value(value).map_err(|e| {
-        let msg = top_level_message(&e);
+        let msg = serde_message(&e);
         format!("{label}: {msg}")
     })?;
     let name = match raw.name {

@@ -307,80 +307,119 @@ fn with_rules<T>(p: &Peer, f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// A relay's command, pinned to CPU 1 and, where cgroup v2 is mounted,
-/// started in the peer's own cgroup (`peer_cgroup(port)`), so everything it
-/// forks is measured with it — redir's connection processes detach from
-/// their parent, and forked children that exit take their CPU time along
-/// unless someone waits for them.
+/// A relay's command, pinned to CPU 1 and started in the peer's own
+/// cgroups (`peer_cgroups(port)`), so everything it forks is measured with
+/// it — redir's connection processes detach from their parent, and forked
+/// children that exit take their CPU time along unless someone waits for
+/// them.
 fn taskset_cpu1(program: &str, port: u16) -> Command {
-    let mut c = match peer_cgroup(port) {
-        Some(cg) => {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg("echo $$ > \"$0/cgroup.procs\" && exec taskset -c 1 \"$@\"")
-                .arg(cg)
-                .arg(program);
-            c
-        }
-        None => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "1", program]);
-            c
-        }
-    };
+    let joins: String = peer_cgroups(port)
+        .iter()
+        .map(|cg| format!("echo $$ > '{}/cgroup.procs' && ", cg.display()))
+        .collect();
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("{joins}exec taskset -c 1 \"$@\""))
+        .arg("sh")
+        .arg(program);
     c.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     c
 }
 
-/// This run's cgroup v2 directory, made on first use; None where cgroup v2
-/// is not mounted or not writable (processes are then found by parentage).
-fn bench_cgroup() -> Option<&'static Path> {
-    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
+/// The cgroup hierarchies a run uses.
+#[derive(Clone, Copy)]
+enum Hierarchy {
+    /// cgroup v2: a relay's processes and CPU time (and, where its memory
+    /// controller is enabled, the kernel memory charged to the relay).
+    Unified,
+    /// The cgroup v1 memory controller, where it is mounted (hybrid
+    /// systems such as this VM's): the kernel memory charged to the relay.
+    Memory,
+}
+
+/// This run's directory in a hierarchy, made on first use; None where the
+/// hierarchy is not mounted or not writable (processes are then found by
+/// parentage, and a relay's own kernel memory is not measured).
+fn bench_cgroup(h: Hierarchy) -> Option<&'static Path> {
+    use std::sync::OnceLock;
+    static UNIFIED: OnceLock<Option<PathBuf>> = OnceLock::new();
+    static MEMORY: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let cell = match h {
+        Hierarchy::Unified => &UNIFIED,
+        Hierarchy::Memory => &MEMORY,
+    };
+    cell.get_or_init(|| {
         let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
         let root = mounts.lines().find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+            let (fstype, opts) = (*f.get(2)?, *f.get(3)?);
+            let wanted = match h {
+                Hierarchy::Unified => fstype == "cgroup2",
+                Hierarchy::Memory => fstype == "cgroup" && opts.split(',').any(|o| o == "memory"),
+            };
+            wanted.then(|| PathBuf::from(f[1]))
         })?;
         let dir = root.join(format!("lowport-bench-{}", std::process::id()));
         std::fs::create_dir(&dir).ok()?;
+        if matches!(h, Hierarchy::Unified) {
+            // Lets each relay's cgroup account memory where the root
+            // delegates the controller; fails harmlessly where not.
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory");
+        }
         Some(dir)
     })
     .as_deref()
 }
 
-/// The cgroup a relay listening on `port` runs in.
-fn peer_cgroup(port: u16) -> Option<PathBuf> {
-    let dir = bench_cgroup()?.join(port.to_string());
+/// The cgroup a relay listening on `port` runs in, in one hierarchy.
+fn peer_cgroup(h: Hierarchy, port: u16) -> Option<PathBuf> {
+    let dir = bench_cgroup(h)?.join(port.to_string());
     (dir.is_dir() || std::fs::create_dir(&dir).is_ok()).then_some(dir)
+}
+
+fn peer_cgroups(port: u16) -> Vec<PathBuf> {
+    [Hierarchy::Unified, Hierarchy::Memory]
+        .into_iter()
+        .filter_map(|h| peer_cgroup(h, port))
+        .collect()
 }
 
 /// Kill whatever is left in this run's cgroups and remove them.
 fn remove_cgroups() {
-    let Some(dir) = bench_cgroup() else { return };
-    let subs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    for sub in &subs {
-        let _ = std::fs::write(sub.join("cgroup.kill"), "1");
-    }
-    for _ in 0..50 {
-        if subs
-            .iter()
-            .all(|s| std::fs::remove_dir(s).is_ok() || !s.exists())
-        {
-            break;
+    for h in [Hierarchy::Unified, Hierarchy::Memory] {
+        let Some(dir) = bench_cgroup(h) else { continue };
+        let subs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for sub in &subs {
+            // cgroup v2 kills a whole cgroup at once; v1 has no such file.
+            if std::fs::write(sub.join("cgroup.kill"), "1").is_err() {
+                let pids = std::fs::read_to_string(sub.join("cgroup.procs")).unwrap_or_default();
+                for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: kill has no memory preconditions; the pid is
+                    // a relay this run started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..50 {
+            if subs
+                .iter()
+                .all(|s| std::fs::remove_dir(s).is_ok() || !s.exists())
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = std::fs::remove_dir(dir);
     }
-    let _ = std::fs::remove_dir(dir);
 }
 
 fn write_tmp(name: &str, text: &str) -> PathBuf {
@@ -619,8 +658,8 @@ fn procs(p: &Peer) -> Vec<u32> {
     let Some(child) = &p.child else {
         return Vec::new();
     };
-    if let Some(text) =
-        peer_cgroup(p.port).and_then(|cg| std::fs::read_to_string(cg.join("cgroup.procs")).ok())
+    if let Some(text) = peer_cgroup(Hierarchy::Unified, p.port)
+        .and_then(|cg| std::fs::read_to_string(cg.join("cgroup.procs")).ok())
     {
         return text.lines().filter_map(|l| l.trim().parse().ok()).collect();
     }
@@ -631,8 +670,8 @@ fn procs(p: &Peer) -> Vec<u32> {
 /// or else its tree's, children that exited and were waited for included.
 fn cpu_seconds(p: &Peer) -> Option<f64> {
     p.child.as_ref()?;
-    if let Some(text) =
-        peer_cgroup(p.port).and_then(|cg| std::fs::read_to_string(cg.join("cpu.stat")).ok())
+    if let Some(text) = peer_cgroup(Hierarchy::Unified, p.port)
+        .and_then(|cg| std::fs::read_to_string(cg.join("cpu.stat")).ok())
     {
         let usec = text
             .lines()
@@ -665,6 +704,27 @@ fn pss_kib(p: &Peer) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .sum()
+}
+
+/// Kernel memory charged to the relay's cgroup, in KiB: the sockets it
+/// accepted and opened (the kernel charges an accepted socket to the
+/// acceptor), their files, its epoll entries and pipes, its processes'
+/// stacks and page tables — and none of the client's and backend's. From
+/// the cgroup v1 memory controller's `memory.kmem.usage_in_bytes`, or cgroup
+/// v2's `memory.stat` (kernel + sock); None where neither is available.
+fn relay_kernel_kib(p: &Peer) -> Option<u64> {
+    p.child.as_ref()?;
+    if let Some(dir) = peer_cgroup(Hierarchy::Memory, p.port) {
+        let text = std::fs::read_to_string(dir.join("memory.kmem.usage_in_bytes")).ok()?;
+        return Some(text.trim().parse::<u64>().ok()? / 1024);
+    }
+    let dir = peer_cgroup(Hierarchy::Unified, p.port)?;
+    let text = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+    };
+    Some((field("kernel ")? + field("sock ").unwrap_or(0)) / 1024)
 }
 
 fn fd_count(p: &Peer) -> usize {
@@ -1005,29 +1065,59 @@ fn settle_sockets() {
     }
 }
 
+/// What `n` idle connections cost, per connection, as deltas against none.
+struct Idle {
+    /// The relay's PSS, KiB.
+    pss: f64,
+    /// Kernel memory charged to the relay's cgroup, KiB (`relay_kernel_kib`).
+    relay_kernel: Option<f64>,
+    /// Machine-wide kernel memory (`kernel_kib`), KiB: includes the
+    /// client's and the backend's sockets, and the noise of every other
+    /// allocation on the machine.
+    machine_kernel: f64,
+    fds: f64,
+    /// Seconds to open all `n`, one after another (each waits for the
+    /// relay to accept it and pass its byte on): what accepting costs a
+    /// relay that already holds many connections.
+    open_secs: f64,
+}
+
 /// Idle connections: open `n`, each sending one byte (so every relay has
-/// moved data once), wait, measure. Returns (PSS KiB/conn, kernel KiB/conn,
-/// fds/conn) — per connection, deltas against no connections.
-fn idle(peer: &Peer, n: usize) -> std::io::Result<(f64, f64, f64)> {
+/// moved data once), wait, measure.
+fn idle(peer: &Peer, n: usize) -> std::io::Result<Idle> {
     let settle = || std::thread::sleep(Duration::from_millis(500));
     settle_sockets();
-    let (pss0, fd0, k0) = (pss_kib(peer), fd_count(peer), kernel_kib());
+    let (pss0, fd0, k0, r0) = (
+        pss_kib(peer),
+        fd_count(peer),
+        kernel_kib(),
+        relay_kernel_kib(peer),
+    );
     let mut conns = Vec::with_capacity(n);
+    let started = Instant::now();
     for _ in 0..n {
         let mut s = connect(peer.port)?;
         s.write_all(b"I")?;
         conns.push(s);
     }
+    let open_secs = started.elapsed().as_secs_f64();
     settle();
-    let (pss1, fd1, k1) = (pss_kib(peer), fd_count(peer), kernel_kib());
+    let (pss1, fd1, k1, r1) = (
+        pss_kib(peer),
+        fd_count(peer),
+        kernel_kib(),
+        relay_kernel_kib(peer),
+    );
     drop(conns);
     settle();
     let per = |a: u64, b: u64| (b as f64 - a as f64) / n as f64;
-    Ok((
-        per(pss0, pss1),
-        per(k0, k1),
-        (fd1 as f64 - fd0 as f64) / n as f64,
-    ))
+    Ok(Idle {
+        pss: per(pss0, pss1),
+        relay_kernel: r0.zip(r1).map(|(a, b)| per(a, b)),
+        machine_kernel: per(k0, k1),
+        fds: (fd1 as f64 - fd0 as f64) / n as f64,
+        open_secs,
+    })
 }
 
 // ---------------------------------------------------------------- report
@@ -1212,14 +1302,14 @@ const TARGETS: &[Target] = &[
     },
     Target {
         key: "kern1k",
-        title: "kernel/conn @1k",
+        title: "proxy kernel/conn @1k",
         limit: 1.0,
         higher_is_better: false,
         fmt: fmt_kib,
     },
     Target {
         key: "kern3k",
-        title: "kernel/conn @3k",
+        title: "proxy kernel/conn @3k",
         limit: 1.0,
         higher_is_better: false,
         fmt: fmt_kib,
@@ -1641,19 +1731,26 @@ fn main() {
             continue;
         }
         for (n, keys) in [
-            (1000usize, ("pss1k", "kern1k", "fd1k")),
-            (3000, ("pss3k", "kern3k", "fd3k")),
+            (1000usize, ["pss1k", "kern1k", "mkern1k", "fd1k", "open1k"]),
+            (3000, ["pss3k", "kern3k", "mkern3k", "fd3k", "open3k"]),
         ] {
             match with_rules(p, || idle(p, n)) {
-                Ok((pss, kern, fds)) => {
+                Ok(m) => {
                     if !p.kernel && p.child.is_some() {
-                        r.add(keys.0, pss);
-                        r.add(keys.2, fds);
+                        r.add(keys[0], m.pss);
+                        r.add(keys[3], m.fds);
+                        // Without a relay the client and the backend share
+                        // CPU 0, and the client's connect loop fills the
+                        // backend's accept queue before it is scheduled.
+                        r.add(keys[4], m.open_secs);
                     }
-                    r.add(keys.1, kern);
+                    if let Some(k) = m.relay_kernel {
+                        r.add(keys[1], k);
+                    }
+                    r.add(keys[2], m.machine_kernel);
                 }
                 Err(e) => {
-                    r.add(keys.1, f64::NAN);
+                    r.add(keys[2], f64::NAN);
                     eprintln!("{}: {n} idle connections: {e}", p.name);
                 }
             }
@@ -1800,15 +1897,33 @@ fn main() {
             },
             Column {
                 key: "kern1k",
-                title: "kernel/conn @1k",
+                title: "proxy kernel/conn @1k",
+                fmt: kib,
+                ratio: false,
+            },
+            Column {
+                key: "kern3k",
+                title: "proxy kernel/conn @3k",
+                fmt: kib,
+                ratio: false,
+            },
+            Column {
+                key: "mkern1k",
+                title: "machine kernel/conn @1k",
                 fmt: kib,
                 ratio: true,
             },
             Column {
-                key: "kern3k",
-                title: "kernel/conn @3k",
+                key: "mkern3k",
+                title: "machine kernel/conn @3k",
                 fmt: kib,
                 ratio: true,
+            },
+            Column {
+                key: "open3k",
+                title: "opening the 3k",
+                fmt: secs_fmt,
+                ratio: false,
             },
             Column {
                 key: "fd1k",
@@ -1869,7 +1984,9 @@ fn main() {
          not by the relay; what a relay then changes is CPU 0's cost per connection or request (\"CPU 0 µs\"), through how its \
          deliveries wake the client and the backend.\n\n{busy}\n\
          ## Idle connections\n\nPer connection, after 1000 and 3000 idle connections (each moved one byte first). \
-         Kernel memory: the slab caches of sockets, files, epoll entries, pipes, conntrack and kmalloc, TCP buffers, kernel stacks and page tables, as a machine-wide delta — it includes the client's and backend's sockets, so compare rows, not absolutes.\n\n{memory}\n\
+         Proxy kernel memory: what the kernel charged to the relay's own cgroup (memory controller) — the sockets it accepted and opened, their files, its epoll entries and pipes, its processes' stacks and page tables; none of the client's and backend's; the targets read this. \
+         Machine kernel memory: the slab caches of sockets, files, epoll entries, pipes, conntrack and kmalloc, TCP buffers, kernel stacks and page tables, as a machine-wide delta — it includes the client's and backend's sockets and every other allocation on the machine, so compare rows, not absolutes. \
+         Opening the 3k: seconds to open the 3000 connections one after another, each waiting for its relay to accept it — what accepting costs a relay that already holds many.\n\n{memory}\n\
          ## What each relay does with a half-close and a reset\n\n{checks}\n\
          ## Rule installation (process start to exit, median)\n\n\
          In a fresh namespace. \"lowport rules apply\", nft and iptables-restore start with no rules (as at boot); \

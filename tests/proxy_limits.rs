@@ -253,3 +253,56 @@ fn soft_fd_limit_is_raised_to_the_hard_limit() {
     assert_eq!(fields[3], "4096", "soft limit not raised: {line}");
     assert_eq!(fields[4], "4096", "{line}");
 }
+
+/// A burst of clients past the old fixed backlog (1024) while the proxy
+/// does not accept (stopped with SIGSTOP, as a busy proxy, or one that has
+/// paused at max_connections, would be): every client completes its
+/// handshake in the listen queue, whose length follows
+/// `net.core.somaxconn`, and is served once the proxy runs again. With 1024
+/// the kernel dropped the SYNs past it and those clients waited a second
+/// or more for their retransmission (the benchmark's 3000 idle connections
+/// hit it).
+#[test]
+fn a_burst_past_1024_clients_waits_in_the_listen_queue() {
+    if !require_root("a_burst_past_1024_clients_waits_in_the_listen_queue") {
+        return;
+    }
+    const CLIENTS: usize = 1500;
+    raise_nofile();
+    let ns = Netns::new("pxqueue");
+    ns.ok("sysctl", &["-qw", "net.core.somaxconn=3000"]);
+    echo_server(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("queue");
+    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+    let proxy = Launch::new(&ns, &cfg).start();
+
+    // A listening socket's Send-Q in ss is its queue length.
+    let listening = ns.ok("ss", &["-ltnH", "sport", "=", ":9080"]);
+    let queue: Vec<&str> = listening
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(queue, ["3000"], "listen queue:\n{listening}");
+
+    proxy.signal(libc::SIGSTOP);
+    let addr: std::net::SocketAddr = "127.0.0.1:9080".parse().expect("addr");
+    let (clients, failed) = ns.enter(move || {
+        let mut clients = Vec::with_capacity(CLIENTS);
+        for i in 0..CLIENTS {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(c) => clients.push(c),
+                Err(e) => return (clients, Some(format!("client {i}: {e}"))),
+            }
+        }
+        (clients, None)
+    });
+    proxy.signal(libc::SIGCONT);
+    assert!(
+        failed.is_none(),
+        "not every client was queued while the proxy was stopped: {failed:?}"
+    );
+    for (i, mut c) in clients.into_iter().enumerate() {
+        round_trip(&mut c, format!("client {i}").as_bytes())
+            .unwrap_or_else(|e| panic!("queued client {i} not served: {e}\n{}", proxy.log_text()));
+    }
+}

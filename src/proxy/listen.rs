@@ -14,9 +14,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::mapping::Listen;
 
-/// Pending connections the kernel queues while accepting is paused
-/// (max_connections reached) or backing off.
-const BACKLOG: i32 = 1024;
+/// Pending connections the kernel queues before they are accepted — while
+/// a burst outruns accepting, accepting is paused (max_connections
+/// reached) or backing off: as many as `net.core.somaxconn` allows (the
+/// kernel caps the value to it; 4096 by default since Linux 5.4). Past the
+/// queue the kernel drops a client's SYN and the client waits a second or
+/// more to retry: a fixed 1024 did that to a burst of 3000 connections.
+const BACKLOG: i32 = i32::MAX;
 
 /// First fd passed by socket activation (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;

@@ -11,6 +11,16 @@ use std::time::Duration;
 use common::{require_root, Netns};
 use proxy_support::*;
 
+/// The two tests that hold thousands of sockets in this process (clients
+/// and the echo backend's side, about 3000 each) take turns, so that their
+/// peaks do not add up against RLIMIT_NOFILE.
+static MANY_SOCKETS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn many_sockets() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed while holding the lock does not spoil the others.
+    MANY_SOCKETS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// With RLIMIT_NOFILE at 48 (prlimit; soft = hard, so the proxy cannot
 /// raise it), clients beyond what fits make accept/connect/pipe fail with
 /// EMFILE. The proxy backs off instead of spinning (its CPU time over a
@@ -86,6 +96,7 @@ fn over_1100_concurrent_connections_past_the_pipe_quota() {
     if !require_root("over_1100_concurrent_connections_past_the_pipe_quota") {
         return;
     }
+    let _turn = many_sockets();
     raise_nofile();
     // Some connections' requests fit in socket buffers and hold no pipe at
     // the moment of counting (small exchanges are copied, not spliced), so
@@ -268,6 +279,7 @@ fn a_burst_past_1024_clients_waits_in_the_listen_queue() {
         return;
     }
     const CLIENTS: usize = 1500;
+    let _turn = many_sockets();
     raise_nofile();
     let ns = Netns::new("pxqueue");
     ns.ok("sysctl", &["-qw", "net.core.somaxconn=3000"]);

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 /// Path of the `lowport` binary under test.
@@ -283,6 +283,9 @@ impl Netns {
     /// Removed with the namespace.
     #[allow(dead_code)] // not every test binary uses it
     pub fn etc_file(&self, file: &str, text: &str) {
+        if !Path::new("/etc/netns").exists() {
+            MADE_ETC_NETNS.store(true, Ordering::SeqCst);
+        }
         let dir = Path::new("/etc/netns").join(&self.name);
         std::fs::create_dir_all(&dir).expect("make /etc/netns/NAME");
         std::fs::write(dir.join(file), text).expect("write the namespace's /etc file");
@@ -299,8 +302,17 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+        // /etc/netns itself goes too if this process made it and no other
+        // namespace's files are left in it (remove_dir fails on a non-empty
+        // directory).
+        if MADE_ETC_NETNS.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_dir("/etc/netns");
+        }
     }
 }
+
+/// This test process created /etc/netns (it was not there before).
+static MADE_ETC_NETNS: AtomicBool = AtomicBool::new(false);
 
 /// `from` reaches the test backend listening on `backend_port` through
 /// `addr`, and (when given) the backend saw the client's real address.

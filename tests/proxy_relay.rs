@@ -165,7 +165,7 @@ fn resets_pass_through_as_resets() {
         let mut buf = [0u8; 64];
         let mut seen = Vec::new();
         let outcome = loop {
-            match s.read(&mut buf) {
+            match read_some(&mut s, &mut buf) {
                 Ok(0) => break "clean close".to_owned(),
                 Ok(n) => seen.extend_from_slice(&buf[..n]),
                 Err(e) => break format!("{:?}", e.kind()),
@@ -187,7 +187,7 @@ fn resets_pass_through_as_resets() {
         .expect("timeout");
     c.write_all(b"hello").expect("write");
     let mut buf = [0u8; 16];
-    let r = c.read(&mut buf);
+    let r = read_some(&mut c, &mut buf);
     match r {
         Err(e) if is_reset(&e) => {}
         other => panic!(
@@ -430,7 +430,7 @@ fn idle_timeout_closes_quiet_connections_only() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut buf = [0u8; 8];
-    match quiet.read(&mut buf) {
+    match read_some(&mut quiet, &mut buf) {
         Ok(0) => {}
         other => panic!("quiet connection: expected EOF, got {other:?}"),
     }
@@ -466,7 +466,7 @@ fn max_connections_pauses_accepting() {
     c.set_read_timeout(Some(Duration::from_millis(700)))
         .expect("timeout");
     let mut buf = [0u8; 1];
-    let r = c.read(&mut buf);
+    let r = read_some(&mut c, &mut buf);
     assert!(
         matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
         "third connection was served beyond max_connections: {r:?}"
@@ -561,7 +561,10 @@ fn fin_timeout_ends_a_half_closed_connection() {
         tx.send(()).expect("ready");
         let (mut conn, _) = listener.accept().expect("accept");
         let mut buf = [0u8; 64];
-        while conn.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+        while read_some(&mut conn, &mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
         std::thread::sleep(Duration::from_secs(10));
         drop(conn);
     });
@@ -583,7 +586,7 @@ fn fin_timeout_ends_a_half_closed_connection() {
         .set_read_timeout(Some(Duration::from_secs(8)))
         .expect("timeout");
     let mut buf = [0u8; 8];
-    let ended = match client.read(&mut buf) {
+    let ended = match read_some(&mut client, &mut buf) {
         Ok(0) => true,
         Err(e) if is_reset(&e) => true,
         other => panic!("expected the proxy to end the connection, got {other:?}"),

@@ -142,7 +142,7 @@ fn sigterm_resets_what_outlives_shutdown_timeout() {
     live.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut buf = [0u8; 8];
-    match live.read(&mut buf) {
+    match read_some(&mut live, &mut buf) {
         Err(e) if is_reset(&e) => {}
         other => panic!("expected a reset after shutdown_timeout, got {other:?}"),
     }

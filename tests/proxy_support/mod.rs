@@ -349,7 +349,7 @@ pub fn recv_pattern(s: &mut TcpStream, seed: u64) -> std::io::Result<u64> {
     let mut want = vec![0u8; 128 * 1024];
     let mut got = 0u64;
     loop {
-        let n = s.read(&mut buf)?;
+        let n = read_some(s, &mut buf)?;
         if n == 0 {
             return Ok(got);
         }
@@ -494,12 +494,26 @@ impl Gate {
     }
 }
 
+/// One read(2), retried when it comes back EINTR. A socket read with a
+/// timeout (SO_RCVTIMEO) is never restarted by the kernel: it fails with
+/// EINTR whenever the thread is interrupted, with or without a signal
+/// handler (signal(7): after a stop and continue, or when the task is
+/// frozen), and that says nothing about the connection.
+pub fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
 /// The relay ends the connection (a FIN or a reset) within `within`;
 /// anything else (data, a timeout) fails the test.
 pub fn expect_closed(c: &mut TcpStream, within: Duration) {
     c.set_read_timeout(Some(within)).expect("timeout");
     let mut buf = [0u8; 16];
-    match c.read(&mut buf) {
+    match read_some(c, &mut buf) {
         Ok(0) => {}
         Err(e) if is_reset(&e) => {}
         other => panic!("expected a close, got {other:?}"),
@@ -523,7 +537,7 @@ pub fn echo_server(ns: &Netns, addr: &str) {
             std::thread::spawn(move || {
                 let mut buf = [0u8; 16384];
                 loop {
-                    match conn.read(&mut buf) {
+                    match read_some(&mut conn, &mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
                             if conn.write_all(&buf[..n]).is_err() {

@@ -258,7 +258,7 @@ impl Netns {
             sock.set_read_timeout(Some(Duration::from_secs(3)))?;
             sock.send_to(b"hello\n", addr)?;
             let mut buf = [0u8; 512];
-            let n = sock.recv(&mut buf)?;
+            let n = udp_recv(&sock, &mut buf)?;
             Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
         })
     }
@@ -307,6 +307,18 @@ impl Drop for Netns {
         // directory).
         if MADE_ETC_NETNS.load(Ordering::SeqCst) {
             let _ = std::fs::remove_dir("/etc/netns");
+        }
+    }
+}
+
+/// One recv(2) on a UDP socket, retried when it comes back EINTR: with a
+/// read timeout set the kernel never restarts it, and an interrupted
+/// thread (a stop and continue, a freeze) says nothing about the answer.
+pub fn udp_recv(sock: &std::net::UdpSocket, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match sock.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
         }
     }
 }

@@ -172,7 +172,7 @@ fn udp_mapping_and_retarget_forgets_old_flows() {
     let ask = |s: &std::net::UdpSocket| {
         s.send_to(b"hi\n", target).unwrap();
         let mut buf = [0u8; 256];
-        let n = common::udp_recv(s, &mut buf).expect("udp answer");
+        let n = retry_eintr(|| s.recv(&mut buf)).expect("udp answer");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     assert!(ask(&sock).contains(":8443 peer"), "first flow");

@@ -258,7 +258,7 @@ impl Netns {
             sock.set_read_timeout(Some(Duration::from_secs(3)))?;
             sock.send_to(b"hello\n", addr)?;
             let mut buf = [0u8; 512];
-            let n = udp_recv(&sock, &mut buf)?;
+            let n = retry_eintr(|| sock.recv(&mut buf))?;
             Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
         })
     }
@@ -311,12 +311,14 @@ impl Drop for Netns {
     }
 }
 
-/// One recv(2) on a UDP socket, retried when it comes back EINTR: with a
-/// read timeout set the kernel never restarts it, and an interrupted
-/// thread (a stop and continue, a freeze) says nothing about the answer.
-pub fn udp_recv(sock: &std::net::UdpSocket, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Run one blocking socket call again for as long as it fails with EINTR.
+/// A read with a timeout (SO_RCVTIMEO) is never restarted by the kernel:
+/// it fails with EINTR whenever its thread is interrupted, even with no
+/// signal handler (signal(7): after a stop and continue, or while the task
+/// is frozen), and that says nothing about the connection.
+pub fn retry_eintr<T>(mut call: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
     loop {
-        match sock.recv(buf) {
+        match call() {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             r => return r,
         }

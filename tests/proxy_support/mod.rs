@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::common::{lowport_bin, Netns};
+use crate::common::{lowport_bin, retry_eintr, Netns};
 
 /// Run `f` on a new thread that lives in network namespace `ns`.
 pub fn spawn_in<T: Send + 'static>(
@@ -494,18 +494,9 @@ impl Gate {
     }
 }
 
-/// One read(2), retried when it comes back EINTR. A socket read with a
-/// timeout (SO_RCVTIMEO) is never restarted by the kernel: it fails with
-/// EINTR whenever the thread is interrupted, with or without a signal
-/// handler (signal(7): after a stop and continue, or when the task is
-/// frozen), and that says nothing about the connection.
+/// One read(2), again while it comes back EINTR ([`retry_eintr`]).
 pub fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        match s.read(buf) {
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
+    retry_eintr(|| s.read(buf))
 }
 
 /// The relay ends the connection (a FIN or a reset) within `within`;

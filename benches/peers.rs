@@ -910,15 +910,18 @@ fn passes_reset(port: u16) -> Result<(), String> {
     let mut s = connect(port).map_err(|e| e.to_string())?;
     s.write_all(b"X!").map_err(|e| e.to_string())?;
     let mut buf = [0u8; 16];
-    loop {
-        return match s.read(&mut buf) {
-            // EINTR says nothing about the connection: read again.
+    // EINTR says nothing about the connection: read again.
+    let read = loop {
+        match s.read(&mut buf) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
-            Ok(0) => Err("clean close (FIN)".into()),
-            Ok(n) => Err(format!("{n} unexpected bytes")),
-            Err(e) => Err(e.to_string()),
-        };
+            r => break r,
+        }
+    };
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Ok(0) => Err("clean close (FIN)".into()),
+        Ok(n) => Err(format!("{n} unexpected bytes")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -94,8 +94,9 @@ impl EngineHandle {
     }
 }
 
-/// epoll data of the wake-up eventfd; any other value is a slab key times
-/// two plus the side (0: client or listener, 1: backend).
+/// epoll data of the wake-up eventfd. Any other value is a slab key (high
+/// 32 bits), the entry's generation (31 bits) and the side (low bit; 0:
+/// client or listener, 1: backend): see [`data`].
 const WAKE: u64 = u64::MAX;
 
 /// Timer key of the engine-wide back-off.
@@ -111,6 +112,7 @@ const MAX_BACKOFF_MS: u64 = 1000;
 /// A listening socket.
 struct Listener {
     sock: socket2::Socket,
+    generation: u32,
     key: Listen,
     mapping: Arc<Mapping>,
 }
@@ -199,9 +201,32 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn data(key: usize, side: usize) -> EventData {
-    EventData::new_u64((key as u64) << 1 | side as u64)
+/// What epoll hands back with an event: the slab key, the generation of
+/// the entry registered there and the side. The generation is what makes a
+/// stale event harmless: an entry that ends while a batch of events is
+/// being handled frees its key, a client accepted later in the same batch
+/// takes that key (the slab reuses the last freed slot first), and an event
+/// the ended entry still has in the batch (its peer's FIN, its socket's
+/// writability) must not be applied to the newcomer. Generations wrap
+/// after 2^31 entries, far more than can start and end within one batch.
+fn data(key: usize, generation: u32, side: usize) -> EventData {
+    // Keys stay far below 2^32: every entry is a socket (RLIMIT_NOFILE).
+    EventData::new_u64(
+        (key as u64) << 32 | u64::from(generation & GENERATION_MASK) << 1 | side as u64,
+    )
 }
+
+/// The slab key, generation and side an event's data carries.
+fn parse_data(d: u64) -> (usize, u32, usize) {
+    (
+        (d >> 32) as usize,
+        (d >> 1) as u32 & GENERATION_MASK,
+        (d & 1) as usize,
+    )
+}
+
+/// Generations as far as event data holds them.
+const GENERATION_MASK: u32 = u32::MAX >> 1;
 
 /// Edge-triggered, for exactly what is waited for: reading, writing, or
 /// (empty) neither — errors and hang-ups are always reported.
@@ -318,7 +343,8 @@ impl Engine {
             if d == WAKE {
                 stop |= self.commands();
             } else {
-                self.event((d >> 1) as usize, (d & 1) as usize, ev.flags);
+                let (key, generation, side) = parse_data(d);
+                self.event(key, generation, side, ev.flags);
             }
         }
         if stop {
@@ -403,16 +429,18 @@ impl Engine {
         sock: std::net::TcpListener,
     ) -> io::Result<()> {
         sock.set_nonblocking(true)?;
+        let generation = self.generation();
         let entry = self.entries.vacant_entry();
         epoll::add(
             &self.epoll,
             &sock,
-            data(entry.key(), 0),
+            data(entry.key(), generation, 0),
             EventFlags::IN | EventFlags::ET,
         )?;
         let k = entry.key();
         entry.insert(Entry::Listener(Listener {
             sock: sock.into(),
+            generation,
             key,
             mapping,
         }));
@@ -422,7 +450,7 @@ impl Engine {
     }
 
     fn generation(&mut self) -> u32 {
-        self.next_generation = self.next_generation.wrapping_add(1);
+        self.next_generation = self.next_generation.wrapping_add(1) & GENERATION_MASK;
         self.next_generation
     }
 
@@ -444,12 +472,15 @@ impl Engine {
 
     // ---- events ---------------------------------------------------------
 
-    fn event(&mut self, key: usize, side: usize, f: EventFlags) {
+    fn event(&mut self, key: usize, generation: u32, side: usize, f: EventFlags) {
         let readable = f.contains(EventFlags::IN);
         let writable = f.intersects(EventFlags::OUT | EventFlags::HUP | EventFlags::ERR);
         let closed = f.intersects(EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR);
         let phase = match self.entries.get_mut(key) {
+            // Stale: the entry this event was for has ended (see `data`).
             None => return,
+            Some(Entry::Listener(l)) if l.generation != generation => return,
+            Some(Entry::Conn(c)) if c.generation != generation => return,
             Some(Entry::Listener(_)) => {
                 self.accept(key);
                 return;
@@ -704,7 +735,7 @@ impl Engine {
                 }
                 Ok((sock, Handshake::Pending)) => {
                     let f = flags(false, true);
-                    if let Err(e) = epoll::add(&self.epoll, &sock, data(key, 1), f) {
+                    if let Err(e) = epoll::add(&self.epoll, &sock, data(key, c.generation, 1), f) {
                         self.connect_failed(key, format!("{addr}: {e}"));
                         continue;
                     }
@@ -760,8 +791,17 @@ impl Engine {
             return;
         }
         // Writable means the handshake ended: in a connection or an error.
+        // A socket still connecting has no peer: then the writability was
+        // not this handshake's, and the wait goes on.
         match b.sock.take_error() {
-            Ok(None) => self.established(key),
+            Ok(None) => match b.sock.peer_addr() {
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                    if let Some(b) = &mut c.backend {
+                        b.writable = false;
+                    }
+                }
+                _ => self.established(key),
+            },
             Ok(Some(e)) | Err(e) => {
                 let addr = c.addrs.first().copied();
                 let why = match addr {
@@ -872,9 +912,10 @@ impl Engine {
             } else {
                 backend.sock.as_fd()
             };
+            let d = data(key, c.generation, side);
             let r = match c.registered[side] {
-                Some(_) => epoll::modify(&self.epoll, sock, data(key, side), want),
-                None => epoll::add(&self.epoll, sock, data(key, side), want),
+                Some(_) => epoll::modify(&self.epoll, sock, d, want),
+                None => epoll::add(&self.epoll, sock, d, want),
             };
             match r {
                 Ok(()) => c.registered[side] = Some(want),

@@ -119,9 +119,19 @@ impl End {
         self.writable |= writable;
     }
 
-    /// The receive queue was found empty (EAGAIN or a short read).
+    /// A short read: the receive queue was empty at that moment. A FIN
+    /// may still be queued behind the bytes read, so a reported end of
+    /// stream keeps the socket readable.
     fn drained(&mut self) {
         self.readable = self.read_closed;
+    }
+
+    /// A read came back EAGAIN: nothing is queued, not even an end of
+    /// stream (a reported FIN would have read as 0). Whatever said
+    /// otherwise was wrong, and keeping it would read EAGAIN for ever.
+    fn empty(&mut self) {
+        self.readable = false;
+        self.read_closed = false;
     }
 }
 
@@ -383,7 +393,7 @@ impl Pump {
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                src.drained();
+                src.empty();
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
@@ -439,7 +449,7 @@ impl Pump {
                 ctx.moved = true;
                 self.pipe = Some(pipe);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.drained(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.empty(),
             Err(e) if splice_unsupported(&e) => {
                 // Nothing entered the pipe: a copy loses nothing.
                 ctx.stats.splice_fallback(&e);
@@ -516,6 +526,28 @@ mod tests {
         let mut got = Vec::new();
         backend_peer.read_to_end(&mut got).expect("read to the FIN");
         assert_eq!(got, b"last words");
+    }
+
+    /// An end of stream reported for a socket whose read then comes back
+    /// EAGAIN (a stale event, say) is contradicted by that EAGAIN: the
+    /// direction waits for the next event instead of reading EAGAIN for
+    /// ever, and no end of stream is passed on.
+    #[test]
+    fn an_eagain_overrules_a_reported_end_of_stream() {
+        let (client, _client_peer) = pair();
+        let (backend, _backend_peer) = pair();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // A spinning step never returns: watch it from here.
+        std::thread::spawn(move || {
+            let (wait, src, moved) = one_step(client, backend, true);
+            let _ = tx.send((wait, src.readable, src.read_closed, moved));
+        });
+        let (wait, readable, read_closed, moved) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the step kept reading EAGAIN");
+        // Wait::Done would mean a FIN was passed on.
+        assert_eq!(wait, Wait::Read);
+        assert!(!readable && !read_closed && !moved);
     }
 
     /// Without a FIN, a short read means the queue is empty: the direction

@@ -131,3 +131,119 @@ fn a_stale_event_does_not_hijack_a_reused_slot() {
         other => panic!("B's backend saw {other:?}: A's half-close reached B"),
     }
 }
+
+/// A backend that reads each connection to its end and hands the test what
+/// it got (or the error that ended it).
+fn sink_backend(ns: &Netns, addr: &str) -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let held = held_backend(ns, addr);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for mut conn in held {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let r = std::io::Read::read_to_end(&mut conn, &mut got).map(|_| got);
+                let _ = tx.send(r);
+            });
+        }
+    });
+    rx
+}
+
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    pattern(seed, 0, &mut b);
+    b
+}
+
+/// A client that sends one byte with MSG_OOB in the middle of a bulk
+/// upload: every byte reaches the backend in order, the urgent byte in its
+/// place, before the FIN. splice stops at the urgent mark and returned 0
+/// there once the FIN was queued: the stream ended after the first 4 MB,
+/// cleanly, as if complete.
+#[test]
+fn urgent_data_in_a_bulk_upload_loses_no_byte() {
+    if !require_root("urgent_data_in_a_bulk_upload_loses_no_byte") {
+        return;
+    }
+    let ns = Netns::new("pxurg");
+    let got = sink_backend(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("urgent");
+    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+    let proxy = Launch::new(&ns, &cfg).start();
+
+    let (first, second) = (bytes(1, 4_000_000), bytes(2, 4_000_000));
+    for _ in 0..3 {
+        let mut c = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+        c.write_all(&first).expect("first 4 MB");
+        socket2::SockRef::from(&c)
+            .send_out_of_band(b"U")
+            .expect("urgent byte");
+        c.write_all(&second).expect("second 4 MB");
+        c.shutdown(Shutdown::Write).expect("half-close");
+        let received = got
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the backend's connection ended")
+            .expect("the backend read to a clean end");
+        assert_eq!(
+            received.len(),
+            first.len() + 1 + second.len(),
+            "the backend got {} bytes\n{}",
+            received.len(),
+            proxy.log_text()
+        );
+        assert!(received[..first.len()] == first[..], "first 4 MB differ");
+        assert_eq!(received[first.len()], b'U', "the urgent byte");
+        assert!(
+            received[first.len() + 1..] == second[..],
+            "last 4 MB differ"
+        );
+    }
+}
+
+/// Small exchanges with an urgent byte between them, both ways: each byte
+/// arrives at once (a read that stopped at the urgent mark used to count
+/// as "the queue is empty", and the bytes behind it waited for the next
+/// segment or for idle_timeout).
+#[test]
+fn urgent_bytes_in_small_exchanges_arrive_at_once() {
+    if !require_root("urgent_bytes_in_small_exchanges_arrive_at_once") {
+        return;
+    }
+    let ns = Netns::new("pxurgs");
+    let backends = held_backend(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("urgents");
+    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+    let proxy = Launch::new(&ns, &cfg).start();
+
+    for round in 0..10 {
+        let mut c = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+        let mut b = backends
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reached the backend");
+        for to_backend in [true, false] {
+            let (from, to) = if to_backend {
+                (&mut c, &mut b)
+            } else {
+                (&mut b, &mut c)
+            };
+            from.write_all(b"a").expect("a");
+            socket2::SockRef::from(&*from)
+                .send_out_of_band(b"b")
+                .expect("urgent b");
+            from.write_all(b"c").expect("c");
+            to.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                let mut buf = [0u8; 8];
+                match read_some(to, &mut buf) {
+                    Ok(0) => panic!("round {round}: closed after {got:?}"),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => panic!("round {round}: got {got:?}, then {e}\n{}", proxy.log_text()),
+                }
+            }
+            assert_eq!(got, b"abc", "round {round}");
+        }
+    }
+}

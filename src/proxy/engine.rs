@@ -228,12 +228,13 @@ fn parse_data(d: u64) -> (usize, u32, usize) {
 /// Generations as far as event data holds them.
 const GENERATION_MASK: u32 = u32::MAX >> 1;
 
-/// Edge-triggered, for exactly what is waited for: reading, writing, or
-/// (empty) neither — errors and hang-ups are always reported.
+/// Edge-triggered, for exactly what is waited for: reading (with the
+/// peer's FIN and urgent data), writing, or (empty) neither — errors and
+/// hang-ups are always reported.
 fn flags(read: bool, write: bool) -> EventFlags {
     let mut f = EventFlags::ET;
     if read {
-        f |= EventFlags::IN | EventFlags::RDHUP;
+        f |= EventFlags::IN | EventFlags::RDHUP | EventFlags::PRI;
     }
     if write {
         f |= EventFlags::OUT;
@@ -476,6 +477,7 @@ impl Engine {
         let readable = f.contains(EventFlags::IN);
         let writable = f.intersects(EventFlags::OUT | EventFlags::HUP | EventFlags::ERR);
         let closed = f.intersects(EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR);
+        let urgent = f.contains(EventFlags::PRI);
         let phase = match self.entries.get_mut(key) {
             // Stale: the entry this event was for has ended (see `data`).
             None => return,
@@ -492,7 +494,7 @@ impl Engine {
                     c.backend.as_mut()
                 };
                 if let Some(end) = end {
-                    end.saw(readable, writable, closed);
+                    end.saw(readable, writable, closed, urgent);
                 }
                 c.phase
             }
@@ -1144,6 +1146,10 @@ fn connect_one(addr: SocketAddr) -> Result<(TcpStream, Handshake), Attempt> {
     )
     .map_err(Attempt::Socket)?;
     socket.set_tcp_nodelay(true).map_err(Attempt::Socket)?;
+    // Urgent data is relayed in band (see relay.rs).
+    socket
+        .set_out_of_band_inline(true)
+        .map_err(Attempt::Socket)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}

@@ -58,9 +58,10 @@ fn bind_one(addr: SocketAddr, v6only: Option<bool>) -> io::Result<std::net::TcpL
     }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
-    // Accepted sockets inherit it: one setsockopt per listener instead of
-    // one per connection.
+    // Accepted sockets inherit both: one setsockopt per listener instead
+    // of one per connection. Urgent data is relayed in band (relay.rs).
     socket.set_tcp_nodelay(true)?;
+    socket.set_out_of_band_inline(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
@@ -112,6 +113,7 @@ pub fn take_activated() -> (Vec<Activated>, Vec<String>) {
             }
             // Inherited by every accepted socket; refused by anything not TCP.
             socket.set_tcp_nodelay(true)?;
+            socket.set_out_of_band_inline(true)?;
             socket
                 .local_addr()?
                 .as_socket()
@@ -177,6 +179,8 @@ mod tests {
         let _c = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
         let (s, _) = l.accept().expect("accept");
         assert!(s.nodelay().expect("getsockopt"));
+        let s = socket2::SockRef::from(&s);
+        assert!(s.out_of_band_inline().expect("getsockopt"));
     }
 
     #[test]

@@ -22,6 +22,14 @@
 //!   it holds its two sockets and nothing else.
 //! - Lengths are the pipe's real capacity or the bytes in it, never
 //!   `usize::MAX` (EINVAL on some kernels).
+//! - Urgent data (MSG_OOB) is read in band (SO_OOBINLINE, set on every
+//!   socket), so the urgent byte travels in its place in the stream as an
+//!   ordinary byte; its urgency is not passed on. TCP stops every read at
+//!   the urgent mark: splice returns EAGAIN there, or 0 when a FIN is
+//!   queued behind it, and a read returns short. So a socket that reported
+//!   urgent data (EPOLLPRI) is read with copies until it comes back EAGAIN,
+//!   a short read there does not clear readiness, and a splice that returns
+//!   0 is an end of stream only if the socket is not at the mark.
 //! - A reset or I/O error on either side is passed to the other as a reset
 //!   (SO_LINGER 0), never as a clean close; a FIN is passed on as
 //!   `shutdown(SHUT_WR)`, and the other direction goes on. The second FIN
@@ -100,6 +108,10 @@ pub struct End {
     /// good: a short read can return the last bytes with the FIN still
     /// queued behind them, and no new edge will announce it.
     pub read_closed: bool,
+    /// Urgent data was reported (EPOLLPRI) or a splice stopped at the
+    /// urgent mark: read with copies, and only an EAGAIN proves the receive
+    /// queue empty.
+    pub urgent: bool,
 }
 
 impl End {
@@ -109,21 +121,24 @@ impl End {
             readable,
             writable,
             read_closed: false,
+            urgent: false,
         }
     }
 
     /// Record what an event reported.
-    pub fn saw(&mut self, readable: bool, writable: bool, read_closed: bool) {
+    pub fn saw(&mut self, readable: bool, writable: bool, read_closed: bool, urgent: bool) {
         self.read_closed |= read_closed;
-        self.readable |= readable || read_closed;
+        self.urgent |= urgent;
+        self.readable |= readable || read_closed || urgent;
         self.writable |= writable;
     }
 
-    /// A short read: the receive queue was empty at that moment. A FIN
-    /// may still be queued behind the bytes read, so a reported end of
-    /// stream keeps the socket readable.
+    /// A short read: the receive queue was empty at that moment (unless
+    /// the read stopped at the urgent mark). A FIN may still be queued
+    /// behind the bytes read, so a reported end of stream keeps the socket
+    /// readable.
     fn drained(&mut self) {
-        self.readable = self.read_closed;
+        self.readable = self.read_closed || self.urgent;
     }
 
     /// A read came back EAGAIN: nothing is queued, not even an end of
@@ -132,6 +147,7 @@ impl End {
     fn empty(&mut self) {
         self.readable = false;
         self.read_closed = false;
+        self.urgent = false;
     }
 }
 
@@ -364,7 +380,7 @@ impl Pump {
             if !src.readable {
                 return Ok(Wait::Read);
             }
-            if !self.bulk || !self.can_splice {
+            if !self.bulk || !self.can_splice || src.urgent {
                 self.copy_step(src, dst, ctx)?;
             } else {
                 self.splice_in(src, ctx)?;
@@ -439,7 +455,10 @@ impl Pump {
         // The pipe is empty: an EAGAIN here can only be the socket's.
         let capacity = pipe.pipe().capacity();
         match splice(src.sock.as_raw_fd(), pipe.pipe().write_fd(), capacity) {
-            // Empty: the pipe goes back to the pool as it is dropped.
+            // Nothing entered the pipe: it goes back to the pool as it is
+            // dropped. splice stops at the urgent mark even with a FIN
+            // queued behind it, and returns 0 there too.
+            Ok(0) if at_urgent_mark(&src.sock) => src.urgent = true,
             Ok(0) => self.eof = true,
             Ok(n) => {
                 pipe.in_pipe = n;
@@ -459,6 +478,20 @@ impl Pump {
         }
         Ok(())
     }
+}
+
+/// SIOCATMARK from <asm-generic/sockios.h> (the libc crate lacks it on
+/// Linux).
+const SIOCATMARK: libc::c_ulong = 0x8905;
+
+/// Is the next byte `s` would read its urgent byte? Only asked when a
+/// splice returned 0, so an error counts as no.
+fn at_urgent_mark(s: &TcpStream) -> bool {
+    let mut at: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one int through the pointer, which points
+    // at a live local; the fd is borrowed from a live socket.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), SIOCATMARK, &mut at) };
+    rc == 0 && at != 0
 }
 
 /// Make the next close of `s` send a reset instead of a FIN.
@@ -486,7 +519,7 @@ mod tests {
     fn one_step(client: TcpStream, backend: TcpStream, fin: bool) -> (Wait, End, bool) {
         let mut src = End::new(client, false, true);
         let mut dst = End::new(backend, false, true);
-        src.saw(true, false, fin);
+        src.saw(true, false, fin, false);
         let (pool, stats) = (PipePool::new(4096), Stats::default());
         let mut buf = vec![0u8; COPY_CHUNK];
         let mut ctx = Ctx {

@@ -92,7 +92,7 @@ pub enum Command {
       max_connections: 4096   above it, new clients wait in the listen backlog\n  \
       connect_timeout: 5s     for the backend name's lookup, then per resolved address\n  \
       idle_timeout: 10m       close when neither side sent anything for this long\n  \
-      fin_timeout: 60s        how long a half-closed connection may linger\n  \
+      fin_timeout: 60s        how long a half-closed connection may stay silent\n  \
       shutdown_timeout: 30s   after SIGTERM, how long live connections may finish\n  \
       user: nobody            switched to after binding, when started as root")]
     Proxy,

@@ -29,7 +29,7 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Close a connection when neither side sent anything for this long.
     pub idle_timeout: Duration,
-    /// How long a half-closed connection may linger.
+    /// How long a half-closed connection may stay silent.
     pub fin_timeout: Duration,
     /// On SIGTERM/SIGINT: how long live connections may finish.
     pub shutdown_timeout: Duration,

@@ -65,10 +65,10 @@ Client connections at once (default 4096); above it accepting pauses and clients
 For the backend name's lookup, then for each resolved address (default 5s); when all fail the client is reset.
 .TP
 .B idle_timeout
-Close a connection when neither side sent anything for this long (default 10m).
+Close a connection when neither side sent anything for this long (default 10m); with bytes still in flight both sides are reset instead.
 .TP
 .B fin_timeout
-How long a half\-closed connection may linger (default 60s).
+How long a half\-closed connection may stay silent before it is closed (default 60s); it counts from the half\-close or the last byte moved, whichever came later.
 .TP
 .B shutdown_timeout
 After SIGTERM, how long live connections may finish before they are reset (default 30s).

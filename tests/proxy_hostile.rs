@@ -247,3 +247,121 @@ fn urgent_bytes_in_small_exchanges_arrive_at_once() {
         }
     }
 }
+
+/// A client that sends its request and half-closes (`nc -N`, HTTP/1.0
+/// scripts) and then downloads for longer than fin_timeout gets the whole
+/// download: fin_timeout bounds a half-closed connection that has gone
+/// silent, not one still moving bytes. It used to count from the
+/// half-close and end the download with a clean FIN half-way.
+#[test]
+fn fin_timeout_does_not_cut_an_active_download() {
+    if !require_root("fin_timeout_does_not_cut_an_active_download") {
+        return;
+    }
+    let ns = Netns::new("pxfinact");
+    let backends = held_backend(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("finact");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - listen: 9080\n    to: 8080\nproxy:\n  fin_timeout: 1s\n",
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+
+    let mut c = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+    c.write_all(b"GET /big HTTP/1.0\r\n\r\n").expect("request");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    let mut b = backends
+        .recv_timeout(Duration::from_secs(10))
+        .expect("reached the backend");
+    // 3 MB at about 1.5 MB/s: two seconds, twice fin_timeout.
+    let body = bytes(7, 3_000_000);
+    let sender = std::thread::spawn(move || {
+        let mut request = Vec::new();
+        std::io::Read::read_to_end(&mut b, &mut request).expect("request");
+        for chunk in body.chunks(75_000) {
+            // A proxy that cut the download resets this side: the
+            // client's count below says so.
+            if b.write_all(chunk).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = b.shutdown(Shutdown::Write);
+        body
+    });
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut c, &mut got)
+        .unwrap_or_else(|e| panic!("download: {e}\n{}", proxy.log_text()));
+    let body = sender.join().expect("backend");
+    assert_eq!(
+        got.len(),
+        body.len(),
+        "the download ended after {} of {} bytes\n{}",
+        got.len(),
+        body.len(),
+        proxy.log_text()
+    );
+    assert!(got == body, "the download differs");
+}
+
+/// idle_timeout while the proxy still holds bytes for a backend that reads
+/// nothing: both sides see a reset. The backend used to get the bytes that
+/// fit in the socket buffers and then a clean EOF, a stream cut short that
+/// looked complete.
+#[test]
+fn idle_timeout_with_bytes_in_flight_resets_both_sides() {
+    if !require_root("idle_timeout_with_bytes_in_flight_resets_both_sides") {
+        return;
+    }
+    let ns = Netns::new("pxidlecut");
+    let backends = held_backend(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("idlecut");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - listen: 9080\n    to: 8080\nproxy:\n  idle_timeout: 1s\n",
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+
+    let mut c = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+    let mut b = backends
+        .recv_timeout(Duration::from_secs(10))
+        .expect("reached the backend");
+    // More than the socket buffers on the way hold; the client's writes
+    // stall, and so does everything after the first few MB.
+    let upload = std::thread::spawn(move || {
+        let data = bytes(9, 16_000_000);
+        let r = c.write_all(&data);
+        (c, r)
+    });
+    // The backend reads nothing until well after idle_timeout.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut got = Vec::new();
+    let r = std::io::Read::read_to_end(&mut b, &mut got);
+    assert!(
+        matches!(&r, Err(e) if is_reset(e)),
+        "the backend read {} bytes and then {r:?}, not a reset\n{}",
+        got.len(),
+        proxy.log_text()
+    );
+    // The client either stalled in its upload or finished it into the
+    // buffers; either way its connection ends with a reset.
+    let (mut c, sent) = upload.join().expect("client");
+    let ended = match sent {
+        Err(e) => e,
+        Ok(()) => {
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = [0u8; 16];
+            match read_some(&mut c, &mut buf) {
+                Err(e) => e,
+                Ok(n) => panic!("the client read {n} bytes, not a reset"),
+            }
+        }
+    };
+    assert!(
+        is_reset(&ended) || ended.kind() == std::io::ErrorKind::BrokenPipe,
+        "the client's connection ended with {ended}, not a reset"
+    );
+}

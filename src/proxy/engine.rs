@@ -952,6 +952,17 @@ impl Engine {
         let Some(Entry::Conn(c)) = self.entries.get(key) else {
             return;
         };
+        // A timeout closes a silent connection with FINs, as if both sides
+        // had finished, only when that is true of every byte: bytes held
+        // here, or received and not yet read, would be lost behind a FIN
+        // that makes the stream look complete. Then both sides are reset.
+        let cut = || {
+            c.pumps.iter().any(Pump::holds_bytes)
+                || relay::has_unread(&c.client.sock)
+                || c.backend
+                    .as_ref()
+                    .is_some_and(|b| relay::has_unread(&b.sock))
+        };
         let reset = match outcome {
             Outcome::Closed => {
                 conn_log!(debug, c, "closed");
@@ -959,23 +970,35 @@ impl Engine {
             }
             Outcome::IdleTimeout => {
                 inc(&self.stats.idle_timeouts);
+                let cut = cut();
                 conn_log!(
                     debug,
                     c,
-                    "idle for {:?}: closed",
-                    self.settings.idle_timeout
+                    "idle for {:?}: {}",
+                    self.settings.idle_timeout,
+                    if cut {
+                        "bytes still in flight, resetting both sides"
+                    } else {
+                        "closed"
+                    }
                 );
-                false
+                cut
             }
             Outcome::FinTimeout => {
                 inc(&self.stats.fin_timeouts);
+                let cut = cut();
                 conn_log!(
                     debug,
                     c,
-                    "half-closed for {:?}: closed",
-                    self.settings.fin_timeout
+                    "half-closed and silent for {:?}: {}",
+                    self.settings.fin_timeout,
+                    if cut {
+                        "bytes still in flight, resetting both sides"
+                    } else {
+                        "closed"
+                    }
                 );
-                false
+                cut
             }
             Outcome::Failed(e) => {
                 inc(&self.stats.resets);
@@ -1096,7 +1119,14 @@ impl Engine {
                 }
             }
             Phase::Relaying => {
-                if c.half_closed.is_some_and(|t| now >= t + ms(s.fin_timeout)) {
+                // fin_timeout bounds a half-closed connection that has gone
+                // silent, not one still moving bytes the other way: it
+                // counts from the half-close or the last byte, whichever
+                // came later.
+                let fin_due = c
+                    .half_closed
+                    .map(|t| t.max(c.last_active) + ms(s.fin_timeout));
+                if fin_due.is_some_and(|due| now >= due) {
                     self.finish(key, Outcome::FinTimeout);
                     return;
                 }
@@ -1105,11 +1135,7 @@ impl Engine {
                     self.finish(key, Outcome::IdleTimeout);
                     return;
                 }
-                let due = match c.half_closed {
-                    Some(t) => idle_due.min(t + ms(s.fin_timeout)),
-                    None => idle_due,
-                };
-                self.arm(key, due);
+                self.arm(key, fin_due.map_or(idle_due, |f| f.min(idle_due)));
             }
         }
     }

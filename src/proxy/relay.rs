@@ -86,9 +86,11 @@ fn err(side: Side, op: &'static str) -> impl FnOnce(io::Error) -> RelayError {
 pub enum Outcome {
     /// Both directions finished with a FIN.
     Closed,
-    /// Neither side sent anything for idle_timeout.
+    /// No byte moved for idle_timeout: closed with FINs, or reset when
+    /// bytes were still in flight.
     IdleTimeout,
-    /// One direction finished and the other did not within fin_timeout.
+    /// One direction finished and no byte moved for fin_timeout since then:
+    /// closed with FINs, or reset when bytes were still in flight.
     FinTimeout,
     /// A reset or I/O error: both sockets must be reset.
     Failed(RelayError),
@@ -298,6 +300,11 @@ impl Pump {
         }
     }
 
+    /// Does this direction hold bytes its destination has not taken yet?
+    pub fn holds_bytes(&self) -> bool {
+        self.pending.is_some() || self.pipe.as_ref().is_some_and(|p| p.in_pipe > 0)
+    }
+
     /// Bytes to write to the destination before anything is read (the
     /// PROXY header).
     pub fn with_pending(dir: Direction, bytes: Vec<u8>) -> Pump {
@@ -492,6 +499,16 @@ fn at_urgent_mark(s: &TcpStream) -> bool {
     // at a live local; the fd is borrowed from a live socket.
     let rc = unsafe { libc::ioctl(s.as_raw_fd(), SIOCATMARK, &mut at) };
     rc == 0 && at != 0
+}
+
+/// Does `s` hold received bytes nobody has read yet? A close would lose
+/// them (and the kernel answers such a close with a reset anyway).
+pub fn has_unread(s: &TcpStream) -> bool {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points at
+    // a live local; the fd is borrowed from a live socket.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    rc == 0 && n > 0
 }
 
 /// Make the next close of `s` send a reset instead of a FIN.

@@ -365,3 +365,56 @@ fn idle_timeout_with_bytes_in_flight_resets_both_sides() {
         "the client's connection ended with {ended}, not a reset"
     );
 }
+
+/// The same with everything queued at once: the proxy is frozen while the
+/// client sends 1 MB, the urgent byte, 1 MB and its FIN, so the FIN is
+/// reported with both megabytes queued and the splice that stops at the
+/// urgent mark comes back short. Neither is an end of stream.
+#[test]
+fn urgent_data_queued_ahead_of_a_fin_loses_no_byte() {
+    if !require_root("urgent_data_queued_ahead_of_a_fin_loses_no_byte") {
+        return;
+    }
+    let ns = Netns::new("pxurgq");
+    // Receive buffers that start large, so the whole upload and its FIN
+    // fit in the frozen proxy's receive queue.
+    ns.ok("sysctl", &["-qw", "net.ipv4.tcp_rmem=4096 8388608 8388608"]);
+    let got = sink_backend(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("urgentq");
+    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+    let proxy = Launch::new(&ns, &cfg).start();
+
+    let (first, second) = (bytes(3, 1_000_000), bytes(4, 1_000_000));
+    let mut c = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.signal(libc::SIGSTOP);
+    assert!(
+        wait_until(Duration::from_secs(5), || stopped(proxy.pid())),
+        "the proxy did not stop"
+    );
+    c.write_all(&first).expect("first MB");
+    socket2::SockRef::from(&c)
+        .send_out_of_band(b"U")
+        .expect("urgent byte");
+    c.write_all(&second).expect("second MB");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.signal(libc::SIGCONT);
+    let received = got
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the backend's connection ended")
+        .expect("the backend read to a clean end");
+    assert_eq!(
+        received.len(),
+        first.len() + 1 + second.len(),
+        "the backend got {} bytes\n{}",
+        received.len(),
+        proxy.log_text()
+    );
+    assert!(received[..first.len()] == first[..], "first MB differs");
+    assert_eq!(received[first.len()], b'U', "the urgent byte");
+    assert!(
+        received[first.len() + 1..] == second[..],
+        "second MB differs"
+    );
+}

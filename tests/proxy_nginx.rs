@@ -76,7 +76,7 @@ fn proxy_protocol_v1_and_v2_as_nginx_reads_them() {
         .host
         .command(nginx)
         .args(["-c", conf.to_str().expect("path"), "-p"])
-        .arg(&dir)
+        .arg(&*dir)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -42,7 +42,7 @@ fn served_on_80(ns: &Netns) {
 }
 
 /// A copy of the binary that nobody can run, with cap_net_bind_service=+ep.
-fn capable_binary() -> (PathBuf, PathBuf) {
+fn capable_binary() -> (TempDir, PathBuf) {
     let dir = temp_dir("cap");
     let bin = dir.join("lowport");
     std::fs::copy(common::lowport_bin(), &bin).expect("copy binary");

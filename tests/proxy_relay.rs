@@ -606,3 +606,110 @@ fn fin_timeout_ends_a_half_closed_connection() {
     let line = proxy.expect_line("counters (SIGUSR1)", Duration::from_secs(5));
     assert!(line.contains("fin_timeouts=1"), "{line}");
 }
+
+/// A backend that hands each accepted socket to the test.
+fn held_backend(ns: &Netns, addr: &str) -> mpsc::Receiver<TcpStream> {
+    let addr: SocketAddr = addr.parse().expect("addr");
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    spawn_in(ns, move || {
+        let listener = TcpListener::bind(addr).expect("bind backend");
+        ready_tx.send(()).expect("ready");
+        for conn in listener.incoming().map_while(Result::ok) {
+            if tx.send(conn).is_err() {
+                return;
+            }
+        }
+    });
+    ready_rx.recv().expect("backend started");
+    rx
+}
+
+/// A bulk sender that pauses without a FIN: the direction has moved to
+/// splice, the splice that finds the socket empty (EAGAIN) must clear its
+/// readiness, and the paused connection costs no CPU. Every bulk stream in
+/// the other tests ends with a FIN, which hid a spin here.
+#[test]
+fn a_paused_bulk_sender_costs_no_cpu() {
+    if !require_root("a_paused_bulk_sender_costs_no_cpu") {
+        return;
+    }
+    let ns = Netns::new("pxpause");
+    let backends = held_backend(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("pause");
+    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+    let proxy = Launch::new(&ns, &cfg).start();
+
+    let mut c = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+    let mut b = backends
+        .recv_timeout(Duration::from_secs(10))
+        .expect("reached the backend");
+    b.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // 40 KiB: more than the copy buffer, so the rest is spliced.
+    let mut first = vec![0u8; 40 * 1024];
+    pattern(3, 0, &mut first);
+    c.write_all(&first).expect("first burst");
+    let mut got = vec![0u8; first.len()];
+    b.read_exact(&mut got).expect("first burst relayed");
+    assert!(got == first, "the first burst differs");
+
+    let before = proxy.cpu_ticks();
+    std::thread::sleep(Duration::from_millis(1500));
+    let used = proxy.cpu_ticks() - before;
+    assert!(
+        used <= 20,
+        "the proxy used {used} clock ticks of CPU in 1.5 s while the sender paused"
+    );
+
+    let mut second = vec![0u8; 40 * 1024];
+    pattern(3, first.len() as u64, &mut second);
+    c.write_all(&second).expect("second burst");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    let mut rest = Vec::new();
+    b.read_to_end(&mut rest).expect("second burst and the FIN");
+    assert!(rest == second, "the second burst differs");
+}
+
+/// Megabytes queued at the proxy with the FIN right behind them: the proxy
+/// is frozen (SIGSTOP) while the client sends and half-closes, so the FIN
+/// is reported with everything still queued, and the splices that follow
+/// come back shorter than what is queued. None of that is an end of
+/// stream: every byte arrives, then the FIN.
+#[test]
+fn bytes_queued_ahead_of_a_fin_all_arrive() {
+    if !require_root("bytes_queued_ahead_of_a_fin_all_arrive") {
+        return;
+    }
+    let ns = Netns::new("pxqfin");
+    // Receive buffers that start large, so the whole upload fits in the
+    // frozen proxy's receive queue and its FIN gets there too.
+    ns.ok("sysctl", &["-qw", "net.ipv4.tcp_rmem=4096 8388608 8388608"]);
+    // A real network's MTU: segments of 1448 bytes, one per pipe slot, so a
+    // splice ends when the pipe's slots run out, short of its capacity.
+    ns.ok("ip", &["link", "set", "lo", "mtu", "1500"]);
+    let backends = held_backend(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("qfin");
+    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+    let proxy = Launch::new(&ns, &cfg).start();
+
+    const LEN: u64 = 3_000_000;
+    let mut c = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+    let mut b = backends
+        .recv_timeout(Duration::from_secs(10))
+        .expect("reached the backend");
+    proxy.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(200));
+    send_pattern(&mut c, 11, LEN).expect("upload");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.signal(libc::SIGCONT);
+    b.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let got = recv_pattern(&mut b, 11)
+        .unwrap_or_else(|e| panic!("the backend's stream: {e}\n{}", proxy.log_text()));
+    assert_eq!(
+        got, LEN,
+        "the backend got {got} of {LEN} bytes before the FIN"
+    );
+}

@@ -159,3 +159,64 @@ fn udp_mapping_is_a_config_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rules apply"), "{err}");
 }
+
+/// A reload re-arms every live connection's deadline: a half-closed one
+/// keeps its fin_timeout (the new, shorter one), not only idle_timeout.
+#[test]
+fn sighup_keeps_fin_timeout_for_half_closed_connections() {
+    if !require_root("sighup_keeps_fin_timeout_for_half_closed_connections") {
+        return;
+    }
+    let ns = Netns::new("pxhupfin");
+    // A backend that reads to EOF, then holds its side open and silent.
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(&ns, move || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:8080").expect("bind");
+        tx.send(()).expect("ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        while read_some(&mut conn, &mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
+        let _ = tx.send(());
+        std::thread::sleep(Duration::from_secs(60));
+        drop(conn);
+    });
+    rx.recv().expect("backend started");
+    let dir = temp_dir("hupfin");
+    let mapping = "mappings:\n  - listen: 9080\n    to: 8080\n";
+    let cfg = write_config(
+        &dir,
+        &format!("{mapping}proxy:\n  idle_timeout: 1h\n  fin_timeout: 1h\n"),
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+    let mut client = connect_in(&ns, "127.0.0.1:9080").expect("connect");
+    std::io::Write::write_all(&mut client, b"bye").expect("write");
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    // The proxy has passed the half-close on: the connection is half-closed
+    // before the reload, not after it.
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the backend saw the FIN");
+
+    write_config(
+        &dir,
+        &format!("{mapping}proxy:\n  idle_timeout: 1h\n  fin_timeout: 1s\n"),
+    );
+    proxy.signal(libc::SIGHUP);
+    proxy.expect_line("reloaded configuration", Duration::from_secs(10));
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut buf = [0u8; 8];
+    match read_some(&mut client, &mut buf) {
+        Ok(0) => {}
+        other => panic!(
+            "expected a close by the new fin_timeout, got {other:?}\n{}",
+            proxy.log_text()
+        ),
+    }
+    proxy.expect_line("half-closed and silent for 1s", Duration::from_secs(5));
+}

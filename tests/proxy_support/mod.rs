@@ -55,13 +55,39 @@ pub fn raise_nofile() {
 
 static FILES: AtomicU64 = AtomicU64::new(0);
 
-/// A temporary directory readable by everyone (nobody reads configs there).
-pub fn temp_dir(tag: &str) -> PathBuf {
+/// A temporary directory readable by everyone (nobody reads configs
+/// there), removed with everything in it when dropped — also when the test
+/// fails.
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A new [`TempDir`]; its name says which test made it.
+pub fn temp_dir(tag: &str) -> TempDir {
     let n = FILES.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("lp-{tag}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    // create_dir, not create_dir_all: a directory someone planted under
+    // this name is not ours to use.
+    std::fs::create_dir(&dir).expect("mkdir");
     set_mode(&dir, 0o755);
-    dir
+    TempDir(dir)
 }
 
 pub fn set_mode(path: &Path, mode: u32) {

@@ -77,7 +77,7 @@ How long a half\-closed connection may linger (default 60s, at most 7 days).
 After SIGTERM, how long live connections may finish before they are reset (default 30s, at most 1 day).
 .TP
 .B user
-The user to switch to after binding, when started as root (default nobody).
+The user to switch to after binding, when started as root (default nobody). Neither root nor a user whose primary group is root (gid 0) is accepted; supplementary groups are cleared.
 .PP
 .B rules:
 settings of \fBlowport rules\fR:

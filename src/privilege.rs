@@ -27,6 +27,11 @@ pub enum PrivilegeError {
     NoSuchUser { user: String },
     #[error("proxy.user {user:?} is root (uid 0); choose an unprivileged user such as nobody")]
     UserIsRoot { user: String },
+    #[error(
+        "proxy.user {user:?} has primary group 0 (root); give it a group of its own \
+         (usermod -g GROUP {user}) or choose an unprivileged user such as nobody"
+    )]
+    GroupIsRoot { user: String },
     #[error("cannot look up proxy.user {user:?}")]
     Lookup {
         user: String,
@@ -57,6 +62,8 @@ pub struct PrivilegeState {
     pub uid: [u32; 3],
     /// Real, effective, saved gid.
     pub gid: [u32; 3],
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
     pub cap_inh: u64,
     pub cap_prm: u64,
     pub cap_eff: u64,
@@ -91,6 +98,12 @@ impl PrivilegeState {
             match key {
                 "Uid" => st.uid = ids(),
                 "Gid" => st.gid = ids(),
+                "Groups" => {
+                    st.groups = value
+                        .split_whitespace()
+                        .map(|g| g.parse().unwrap_or(0))
+                        .collect()
+                }
                 "CapInh" => st.cap_inh = hex(),
                 "CapPrm" => st.cap_prm = hex(),
                 "CapEff" => st.cap_eff = hex(),
@@ -310,6 +323,13 @@ pub fn drop_privileges(user: &str) -> Result<DropReport, PrivilegeError> {
                 user: user.to_owned(),
             });
         }
+        // Group root owns files user root does not need to: /etc/shadow is
+        // root:shadow, but many a key, socket or log is group 0.
+        if account.gid == 0 {
+            return Err(PrivilegeError::GroupIsRoot {
+                user: user.to_owned(),
+            });
+        }
         // SAFETY: setgroups with size 0 reads no memory.
         if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
             return Err(syscall_err("clear supplementary groups (setgroups)"));
@@ -352,7 +372,9 @@ pub fn drop_privileges(user: &str) -> Result<DropReport, PrivilegeError> {
     })?;
     // SAFETY: setuid(0) only tests whether root could be regained; it must fail.
     let regained = after.uid[1] != 0 && unsafe { libc::setuid(0) } == 0;
-    if after.is_privileged() || regained {
+    // Switched from root: no group 0 either, also not a supplementary one.
+    let root_group = switched_to.is_some() && (after.gid.contains(&0) || !after.groups.is_empty());
+    if after.is_privileged() || regained || root_group {
         return Err(PrivilegeError::StillPrivileged(after.to_string()));
     }
     Ok(DropReport {
@@ -374,6 +396,9 @@ mod tests {
                     CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n";
         let st = PrivilegeState::parse(text);
         assert_eq!(st.uid, [65534; 3]);
+        assert!(st.groups.is_empty());
+        let st2 = PrivilegeState::parse("Groups:\t0 27 \n");
+        assert_eq!(st2.groups, [0, 27]);
         assert_eq!(st.cap_eff, 0x400);
         assert!(st.no_new_privs);
         assert!(st.is_privileged());

@@ -174,3 +174,90 @@ impl LogExt for Proxy {
             .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{log}"))
     }
 }
+
+/// A user made for one test with `useradd`, deleted again on drop (also
+/// when the test fails).
+struct ThrowawayUser {
+    name: String,
+}
+
+impl ThrowawayUser {
+    /// `useradd` NAME with these extra options; no home directory.
+    fn new(tag: &str, options: &[&str]) -> ThrowawayUser {
+        let name = format!("lp{tag}{}", std::process::id());
+        let mut args = vec!["-M", "-s", "/usr/sbin/nologin"];
+        args.extend_from_slice(options);
+        args.push(&name);
+        sh("useradd", &args);
+        ThrowawayUser { name }
+    }
+}
+
+impl Drop for ThrowawayUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .arg(&self.name)
+            .status();
+        // A user-private group (useradd -U) goes with its user.
+    }
+}
+
+/// proxy.user whose primary group is root (`useradd -g 0`) is refused
+/// like user root: the proxy would serve with gid 0. Exit 2, naming the
+/// user and what to do.
+#[test]
+fn a_proxy_user_in_group_root_is_refused() {
+    if !require_root("a_proxy_user_in_group_root_is_refused") {
+        return;
+    }
+    let ns = Netns::new("pxgid0");
+    echo_server(&ns, "127.0.0.1:8080");
+    let user = ThrowawayUser::new("g0", &["-g", "0"]);
+    let dir = temp_dir("gid0");
+    let cfg = write_config(
+        &dir,
+        &format!(
+            "mappings:\n  - listen: 80\n    to: 8080\nproxy:\n  user: {}\n",
+            user.name
+        ),
+    );
+    let mut launch = Launch::new(&ns, &cfg);
+    launch.user = None;
+    let mut proxy = launch.spawn();
+    let code = proxy.wait_exit(std::time::Duration::from_secs(10));
+    let log = proxy.log_text();
+    assert_eq!(code, Some(2), "not refused:\n{log}");
+    assert!(
+        log.contains(&user.name) && log.contains("primary group 0"),
+        "{log}"
+    );
+}
+
+/// A proxy.user with root as a supplementary group serves without it:
+/// the proxy clears supplementary groups before it switches.
+#[test]
+fn a_supplementary_root_group_is_dropped() {
+    if !require_root("a_supplementary_root_group_is_dropped") {
+        return;
+    }
+    let ns = Netns::new("pxsupp0");
+    echo_server(&ns, "127.0.0.1:8080");
+    let user = ThrowawayUser::new("s0", &["-U", "-G", "root"]);
+    let dir = temp_dir("supp0");
+    let cfg = write_config(
+        &dir,
+        &format!(
+            "mappings:\n  - listen: 80\n    to: 8080\nproxy:\n  user: {}\n",
+            user.name
+        ),
+    );
+    let mut launch = Launch::new(&ns, &cfg);
+    launch.user = None;
+    let proxy = launch.start();
+    let status = proxy.status();
+    assert_unprivileged(&status);
+    assert_eq!(status_field(&status, "Groups"), "", "groups cleared");
+    let gids = status_field(&status, "Gid");
+    assert!(gids.split_whitespace().all(|g| g != "0"), "gid 0: {gids}");
+    served_on_80(&ns);
+}

@@ -86,8 +86,9 @@ pub enum Command {
     /// the listen ports, drops every privilege, then serves. SIGTERM/SIGINT
     /// drain and exit, SIGHUP reloads the configuration, SIGUSR1 logs counters.
     #[command(after_help = "WITHOUT ROOT:\n  \
-      sudo setcap cap_net_bind_service=+ep /usr/local/bin/lowport\n  \
-      lowport -v -m 80:8080 -m 443:8443 proxy     as any user; the capability is dropped once bound\n\n\
+      sudo setcap cap_net_bind_service=+ep /usr/local/libexec/lowport-proxy   (mode 0750, one group)\n  \
+      lowport-proxy -v proxy     the capability is dropped once bound; such a binary\n                             \
+      takes no -m and reads only a file root controls\n\n\
     SETTINGS (the proxy: section of the YAML file; man lowport has them all):\n  \
       max_connections: 4096             above it, new clients wait in the backlog\n  \
       max_connections_per_client: 512   per address (IPv6: /64); above it, reset\n  \

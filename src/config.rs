@@ -154,9 +154,18 @@ fn strip_location(msg: &str) -> &str {
 
 /// Read and validate the configuration that `source` names.
 pub fn load(source: &Source) -> Result<Config, ConfigError> {
+    load_with(source, |path| std::fs::read_to_string(path))
+}
+
+/// [`load`], reading the file with `read` (the capable binary reads only
+/// files root controls: [`crate::privilege::read_root_controlled`]).
+pub fn load_with(
+    source: &Source,
+    read: impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<Config, ConfigError> {
     let mut config = match source.effective_file() {
         Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+            let text = read(&path).map_err(|e| ConfigError::Read {
                 hint: if e.kind() == std::io::ErrorKind::NotFound && source.file.is_none() {
                     "; pass a file with -c FILE or mappings with -m 80:8080"
                 } else {

@@ -101,7 +101,7 @@ Log the counters (accepted, active, refused, bytes each way, splice fallbacks, e
 .SH ENVIRONMENT
 .TP
 .B LOWPORT_CONFIG
-The configuration file, when \fB\-c\fR is not given.
+The configuration file, when \fB\-c\fR is not given. Refused, as is \fB\-m\fR, when lowport gained privilege from its file (a file capability such as cap_net_bind_service=+ep, or set\-user\-ID): then it reads only a configuration file owned by root and writable by no one else, in directories owned by root and writable by no one else (not /tmp), and exits 2 otherwise.
 .TP
 .B RUST_LOG
 A log filter (e.g. debug) that overrides \fB\-v\fR and \fB\-q\fR.

@@ -111,7 +111,8 @@ fn over_1100_concurrent_connections_past_the_pipe_quota() {
     let dir = temp_dir("many");
     let cfg = write_config(
         &dir,
-        "mappings:\n  - listen: 9080\n    to: 8080\nproxy:\n  max_connections: 5000\n",
+        "mappings:\n  - listen: 9080\n    to: 8080\n\
+         proxy:\n  max_connections: 5000\n  max_connections_per_client: 5000\n",
     );
     let proxy = Launch::new(&ns, &cfg).start();
 
@@ -285,7 +286,12 @@ fn a_burst_past_1024_clients_waits_in_the_listen_queue() {
     ns.ok("sysctl", &["-qw", "net.core.somaxconn=3000"]);
     echo_server(&ns, "127.0.0.1:8080");
     let dir = temp_dir("queue");
-    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+    // Every client is 127.0.0.1: past the per-client limit (512 by
+    // default) the proxy would reset them.
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - listen: 9080\n    to: 8080\nproxy:\n  max_connections_per_client: 4096\n",
+    );
     let proxy = Launch::new(&ns, &cfg).start();
 
     // A listening socket's Send-Q in ss is its queue length.

@@ -460,11 +460,19 @@ fn start_peers() -> Vec<Peer> {
         Ok((None, None))
     });
     add("lowport proxy", 10081, &|port| {
+        // Every client of the benchmark is 127.0.0.1: the per-client limit
+        // (512 by default) would reset most of its 3000 idle connections.
+        let cfg = write_tmp(
+            "lowport.yaml",
+            "proxy:\n  max_connections_per_client: 4096\n",
+        );
         let c = taskset_cpu1(lowport_bin().to_str().unwrap_or("lowport"), port)
-            .args(["-q", "-m", &format!("127.0.0.1:{port}:{b}"), "proxy"])
+            .args(["-q", "-c"])
+            .arg(&cfg)
+            .args(["-m", &format!("127.0.0.1:{port}:{b}"), "proxy"])
             .spawn()
             .map_err(|e| e.to_string())?;
-        Ok((Some(c), None))
+        Ok((Some(c), Some(cfg)))
     });
     add("haproxy (splice-auto)", 10082, &|port| {
         if !have("haproxy") {

@@ -86,15 +86,17 @@ pub enum Command {
     /// the listen ports, drops every privilege, then serves. SIGTERM/SIGINT
     /// drain and exit, SIGHUP reloads the configuration, SIGUSR1 logs counters.
     #[command(after_help = "WITHOUT ROOT:\n  \
-      sudo setcap cap_net_bind_service=+ep /usr/local/bin/lowport\n  \
-      lowport -v -m 80:8080 -m 443:8443 proxy     as any user; the capability is dropped once bound\n\n\
+      sudo setcap cap_net_bind_service=+ep /usr/local/libexec/lowport-proxy   (mode 0750, one group)\n  \
+      lowport-proxy -v proxy     the capability is dropped once bound; such a binary\n                             \
+      takes no -m and reads only a file root controls\n\n\
     SETTINGS (the proxy: section of the YAML file; man lowport has them all):\n  \
-      max_connections: 4096   above it, new clients wait in the listen backlog\n  \
-      connect_timeout: 5s     for the backend name's lookup, then per resolved address\n  \
-      idle_timeout: 10m       close when neither side sent anything for this long\n  \
-      fin_timeout: 60s        how long a half-closed connection may stay silent\n  \
-      shutdown_timeout: 30s   after SIGTERM, how long live connections may finish\n  \
-      user: nobody            switched to after binding, when started as root")]
+      max_connections: 4096             above it, new clients wait in the backlog\n  \
+      max_connections_per_client: 512   per address (IPv6: /64); above it, reset\n  \
+      connect_timeout: 5s               name lookup, then per address (max 10m)\n  \
+      idle_timeout: 10m                 close when nothing moved (max 7 days)\n  \
+      fin_timeout: 60s                  half-closed and silent this long (max 7 days)\n  \
+      shutdown_timeout: 30s             after SIGTERM, live ones finish (max 1 day)\n  \
+      user: nobody                      switched to after binding, when started as root")]
     Proxy,
     /// Validate the configuration, then diagnose this host: is something
     /// listening on each target (and as whom), are the rules installed and

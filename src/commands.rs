@@ -7,6 +7,17 @@ use std::process::ExitCode;
 use crate::cli::{BackendArg, Cli, Command, GlobalArgs, RulesCommand};
 use crate::config::{self, BackendChoice, Config, ConfigError};
 use crate::firewall::{self, plan, Backend};
+use crate::privilege;
+
+/// Read and validate the configuration. When lowport gained privilege from
+/// its file (setcap), only from a file root controls.
+fn load(source: &config::Source) -> Result<Config, ConfigError> {
+    if privilege::gained_at_exec() {
+        config::load_with(source, privilege::read_root_controlled)
+    } else {
+        config::load(source)
+    }
+}
 
 /// A failed command: the error, and whether it was the user's input (exit
 /// 2) or the world (exit 1).
@@ -59,6 +70,13 @@ impl From<firewall::RulesError> for Failure {
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<(), Failure> {
+    let reads_config = !matches!(cli.command, Command::Completions { .. } | Command::Man);
+    if reads_config && privilege::gained_at_exec() {
+        privilege::refuse_user_choices(!cli.global.map.is_empty(), |v| {
+            std::env::var_os(v).is_some()
+        })
+        .map_err(|e| Failure::Usage(Box::new(e)))?;
+    }
     match cli.command {
         Command::Rules(cmd) => rules(&cli.global, cmd),
         Command::Proxy => proxy(&cli.global),
@@ -77,9 +95,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// `lowport proxy`: serve until SIGTERM; SIGHUP re-reads the same sources.
 fn proxy(global: &GlobalArgs) -> Result<(), Failure> {
     let source = global.source();
-    let config = config::load(&source)?;
-    let reload: crate::proxy::Reload =
-        Box::new(move || config::load(&source).map_err(|e| e.to_string()));
+    let config = load(&source)?;
+    let reload: crate::proxy::Reload = Box::new(move || load(&source).map_err(|e| e.to_string()));
     crate::proxy::main(config, reload).map_err(|e| match e.exit_code() {
         2 => Failure::Usage(Box::new(e)),
         _ => Failure::Runtime(Box::new(e)),
@@ -96,7 +113,7 @@ fn optional_config(global: &GlobalArgs) -> Result<Option<Config>, Failure> {
     if default_missing {
         return Ok(None);
     }
-    Ok(Some(config::load(&source)?))
+    Ok(Some(load(&source)?))
 }
 
 fn backend_for(flag: BackendArg, config: Option<&Config>) -> Result<Box<dyn Backend>, Failure> {
@@ -111,7 +128,7 @@ fn backend_for(flag: BackendArg, config: Option<&Config>) -> Result<Box<dyn Back
 fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
     match cmd {
         RulesCommand::Apply { backend, dry_run } => {
-            let config = config::load(&global.source())?;
+            let config = load(&global.source())?;
             let plan = plan::plan(&config.mappings, &firewall::SystemHost)?;
             for w in &plan.warnings {
                 tracing::warn!("{w}");
@@ -175,7 +192,7 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
 /// lacks something the mappings need is exit 1, after the full report.
 fn check(global: &GlobalArgs, json: bool) -> Result<(), Failure> {
     let source = global.source();
-    let config = config::load(&source)?;
+    let config = load(&source)?;
     let plan = plan::plan(&config.mappings, &firewall::SystemHost)?;
     let report = crate::check::run(&config, &plan, &source);
     if json {

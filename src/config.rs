@@ -25,6 +25,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/lowport/lowport.yaml";
 pub struct ProxySettings {
     /// At most this many client connections at once; accepting pauses above it.
     pub max_connections: NonZeroUsize,
+    /// At most this many of them from one client address (IPv6: one /64);
+    /// above it a new connection is reset at once.
+    pub max_connections_per_client: NonZeroUsize,
     /// For the backend name's lookup, then for each resolved address.
     pub connect_timeout: Duration,
     /// Close a connection when neither side sent anything for this long.
@@ -41,6 +44,7 @@ impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
             max_connections: NonZeroUsize::new(4096).expect("non-zero"),
+            max_connections_per_client: NonZeroUsize::new(512).expect("non-zero"),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
             fin_timeout: Duration::from_secs(60),
@@ -150,9 +154,18 @@ fn strip_location(msg: &str) -> &str {
 
 /// Read and validate the configuration that `source` names.
 pub fn load(source: &Source) -> Result<Config, ConfigError> {
+    load_with(source, |path| std::fs::read_to_string(path))
+}
+
+/// [`load`], reading the file with `read` (the capable binary reads only
+/// files root controls: [`crate::privilege::read_root_controlled`]).
+pub fn load_with(
+    source: &Source,
+    read: impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<Config, ConfigError> {
     let mut config = match source.effective_file() {
         Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+            let text = read(&path).map_err(|e| ConfigError::Read {
                 hint: if e.kind() == std::io::ErrorKind::NotFound && source.file.is_none() {
                     "; pass a file with -c FILE or mappings with -m 80:8080"
                 } else {
@@ -219,6 +232,7 @@ struct RawMapping {
 #[serde(deny_unknown_fields)]
 struct RawProxy {
     max_connections: Option<Value>,
+    max_connections_per_client: Option<Value>,
     connect_timeout: Option<Value>,
     idle_timeout: Option<Value>,
     fin_timeout: Option<Value>,
@@ -621,17 +635,55 @@ fn check_conflicts(existing: &[Mapping], m: &Mapping) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_duration(key: &str, v: &Value) -> Result<Duration, String> {
+/// The longest value each duration setting takes. The timers count
+/// milliseconds in a u64 from the proxy's start, so anything far beyond
+/// these would still fit, but a "timeout" of years is a typo (or an attempt
+/// to overflow `now + timeout`, which once closed every connection at once);
+/// the limits say so instead of accepting it.
+pub const DURATION_LIMITS: [(&str, Duration); 4] = [
+    // A TCP connect gives up after about two minutes of SYN retries anyway.
+    ("connect_timeout", Duration::from_secs(10 * 60)),
+    ("idle_timeout", Duration::from_secs(7 * 24 * 3600)),
+    ("fin_timeout", Duration::from_secs(7 * 24 * 3600)),
+    // SIGTERM waits this long: longer than a day is no shutdown.
+    ("shutdown_timeout", Duration::from_secs(24 * 3600)),
+];
+
+/// The timers' resolution: a shorter duration would round down to zero.
+const MIN_DURATION: Duration = Duration::from_millis(1);
+
+/// A duration setting: a number of seconds or a humantime text, from 1 ms
+/// up to `max`.
+fn parse_duration(key: &str, v: &Value, max: Duration) -> Result<Duration, String> {
     let text = value_text(v);
+    let limit = humantime::format_duration(max);
     let d = match v {
-        Value::Number(n) => n.as_u64().map(Duration::from_secs),
-        Value::String(s) => humantime::parse_duration(s).ok(),
+        Value::Number(n) => n.as_u64().map(|secs| {
+            // Seconds beyond u64 milliseconds are over every limit anyway.
+            Duration::from_secs(secs.min(u64::MAX / 1000))
+        }),
+        Value::String(s) => match humantime::parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(humantime::DurationError::NumberOverflow) => {
+                return Err(format!(
+                    "proxy.{key} \"{text}\" is out of range; write from 1ms up to {limit}"
+                ))
+            }
+            Err(_) => None,
+        },
         _ => None,
     };
     match d {
-        Some(d) if !d.is_zero() => Ok(d),
-        _ => Err(format!(
-            "proxy.{key} \"{text}\" is not a duration; write e.g. 500ms, 5s, 10m or 1h (more than zero)"
+        Some(d) if d > max => Err(format!(
+            "proxy.{key} \"{text}\" is too long; the limit is {limit}"
+        )),
+        Some(d) if d >= MIN_DURATION => Ok(d),
+        Some(_) => Err(format!(
+            "proxy.{key} \"{text}\" is too short; write at least 1ms (up to {limit})"
+        )),
+        None => Err(format!(
+            "proxy.{key} \"{text}\" is not a duration; write e.g. 500ms, 5s, 10m or 1h \
+             (at least 1ms, at most {limit})"
         )),
     }
 }
@@ -650,6 +702,19 @@ fn parse_proxy(raw: RawProxy) -> Result<ProxySettings, String> {
                 )
             })?;
     }
+    if let Some(v) = raw.max_connections_per_client {
+        p.max_connections_per_client = v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| {
+                format!(
+                    "proxy.max_connections_per_client \"{}\" is not valid; use a whole number of \
+                     at least 1 (at or above max_connections, there is no per-client limit)",
+                    value_text(&v)
+                )
+            })?;
+    }
     let durations: [(&str, Option<Value>, &mut Duration); 4] = [
         (
             "connect_timeout",
@@ -664,9 +729,9 @@ fn parse_proxy(raw: RawProxy) -> Result<ProxySettings, String> {
             &mut p.shutdown_timeout,
         ),
     ];
-    for (key, value, slot) in durations {
+    for ((key, value, slot), (_, max)) in durations.into_iter().zip(DURATION_LIMITS) {
         if let Some(v) = value {
-            *slot = parse_duration(key, &v)?;
+            *slot = parse_duration(key, &v, max)?;
         }
     }
     if let Some(v) = raw.user {
@@ -787,6 +852,68 @@ mod tests {
             parse(&format!("{m}proxy:\n")).unwrap().proxy,
             ProxySettings::default()
         );
+    }
+
+    /// Every duration has a limit the timers can hold, and a floor of one
+    /// millisecond (their resolution): a value past either is refused,
+    /// naming the setting and the limit. `idle_timeout: 18446744073709551615`
+    /// was accepted, and `now + timeout` then wrapped to the past.
+    #[test]
+    fn durations_have_limits() {
+        let m = "mappings:\n  - listen: 80\n    to: 8080\n";
+        for (key, max) in DURATION_LIMITS {
+            let limit = humantime::format_duration(max).to_string();
+            for value in [
+                "18446744073709551615",
+                "20000000000000000",
+                "\"600000000y\"",
+                "\"99999999999999999999999s\"",
+                "\"8days\"",
+            ] {
+                if value == "\"8days\"" && max < Duration::from_secs(8 * 86400) {
+                    continue;
+                }
+                let err = parse(&format!("{m}proxy:\n  {key}: {value}\n"))
+                    .expect_err(&format!("{key}: {value} accepted"));
+                assert!(
+                    err.contains(&format!("proxy.{key}")) && err.contains(&limit),
+                    "{key}: {value}: {err}"
+                );
+            }
+            for value in ["0", "\"0s\"", "\"1ns\"", "\"500us\""] {
+                let err = parse(&format!("{m}proxy:\n  {key}: {value}\n"))
+                    .expect_err(&format!("{key}: {value} accepted"));
+                assert!(err.contains(&format!("proxy.{key}")), "{err}");
+            }
+            // The limit itself and the floor are fine.
+            let c = parse(&format!("{m}proxy:\n  {key}: \"{limit}\"\n")).expect("the limit");
+            let c2 = parse(&format!("{m}proxy:\n  {key}: 1ms\n")).expect("1ms");
+            assert_ne!(c.proxy, c2.proxy);
+        }
+        assert_eq!(
+            DURATION_LIMITS.map(|(k, _)| k),
+            [
+                "connect_timeout",
+                "idle_timeout",
+                "fin_timeout",
+                "shutdown_timeout"
+            ]
+        );
+    }
+
+    #[test]
+    fn max_connections_per_client() {
+        let m = "mappings:\n  - listen: 80\n    to: 8080\n";
+        let c = parse(&format!("{m}proxy:\n  max_connections_per_client: 20\n")).unwrap();
+        assert_eq!(c.proxy.max_connections_per_client.get(), 20);
+        for bad in ["0", "-1", "lots", "1.5"] {
+            let err =
+                parse(&format!("{m}proxy:\n  max_connections_per_client: {bad}\n")).unwrap_err();
+            assert!(err.contains("proxy.max_connections_per_client"), "{err}");
+        }
+        // Well below max_connections, so one address cannot take them all.
+        let d = ProxySettings::default();
+        assert!(d.max_connections_per_client.get() * 4 <= d.max_connections.get());
     }
 
     #[test]

@@ -56,25 +56,28 @@ tcp (default), udp or both. UDP (HTTP/3) is rules mode only.
 Proxy mode: off (default), v1 or v2: send a PROXY protocol header with the client's address to the backend first.
 .PP
 .B proxy:
-settings of \fBlowport proxy\fR (durations: 500ms, 5s, 10m, 1h, or a number of seconds):
+settings of \fBlowport proxy\fR (durations: 500ms, 5s, 10m, 1h, or a number of seconds; at least 1ms, and a longer one than its limit is refused):
 .TP
 .B max_connections
 Client connections at once (default 4096); above it accepting pauses and clients wait in the listen backlog.
 .TP
+.B max_connections_per_client
+Connections at once from one client address, IPv6 addresses counted by their /64 and v4\-mapped ones as IPv4 (default 512: one address cannot take every slot, an office behind one NAT address still fits). Above it a new connection is accepted and reset at once (counted as client_limit_resets); at or above max_connections there is no per\-client limit.
+.TP
 .B connect_timeout
-For the backend name's lookup, then for each resolved address (default 5s); when all fail the client is reset.
+For the backend name's lookup, then for each resolved address (default 5s, at most 10m); when all fail the client is reset.
 .TP
 .B idle_timeout
-Close a connection when neither side sent anything for this long (default 10m); with bytes still in flight both sides are reset instead.
+Close a connection when neither side sent anything for this long (default 10m, at most 7 days); with bytes still in flight both sides are reset instead.
 .TP
 .B fin_timeout
-How long a half\-closed connection may stay silent before it is closed (default 60s); it counts from the half\-close or the last byte moved, whichever came later.
+How long a half\-closed connection may stay silent before it is closed (default 60s, at most 7 days); it counts from the half\-close or the last byte moved, whichever came later.
 .TP
 .B shutdown_timeout
-After SIGTERM, how long live connections may finish before they are reset (default 30s).
+After SIGTERM, how long live connections may finish before they are reset (default 30s, at most 1 day).
 .TP
 .B user
-The user to switch to after binding, when started as root (default nobody).
+The user to switch to after binding, when started as root (default nobody). Neither root nor a user whose primary group is root (gid 0) is accepted; supplementary groups are cleared.
 .PP
 .B rules:
 settings of \fBlowport rules\fR:
@@ -94,11 +97,11 @@ Stop accepting, let live connections finish for up to shutdown_timeout (then res
 Re\-read the configuration: unchanged listeners are kept, new ones bound if possible, removed ones closed; live connections continue under the new timeouts. An invalid file is logged and the old configuration keeps serving.
 .TP
 .B SIGUSR1
-Log the counters (accepted, active, refused, bytes each way, splice fallbacks, errors by kind).
+Log the counters (accepted, active, refused, bytes each way, splice fallbacks, errors by kind, client_limit_resets).
 .SH ENVIRONMENT
 .TP
 .B LOWPORT_CONFIG
-The configuration file, when \fB\-c\fR is not given.
+The configuration file, when \fB\-c\fR is not given. Refused, as is \fB\-m\fR, when lowport gained privilege from its file (a file capability such as cap_net_bind_service=+ep, or set\-user\-ID): then it reads only a configuration file owned by root and writable by no one else, in directories owned by root and writable by no one else (not /tmp), and exits 2 otherwise.
 .TP
 .B RUST_LOG
 A log filter (e.g. debug) that overrides \fB\-v\fR and \fB\-q\fR.
@@ -200,7 +203,7 @@ mod tests {
             .take_while(|l| !l.trim().is_empty())
             .map(|l| l.trim().split("   ").next().unwrap_or(""))
             .collect();
-        assert_eq!(settings.len(), 6, "{help}");
+        assert_eq!(settings.len(), 7, "{help}");
         let yaml = format!(
             "mappings:\n  - listen: 80\n    to: 8080\nproxy:\n  {}\n",
             settings.join("\n  ")

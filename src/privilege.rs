@@ -14,6 +14,7 @@
 use std::ffi::CString;
 use std::fmt;
 use std::io;
+use std::path::Path;
 
 /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two words.
 const CAP_VERSION_3: u32 = 0x2008_0522;
@@ -27,6 +28,11 @@ pub enum PrivilegeError {
     NoSuchUser { user: String },
     #[error("proxy.user {user:?} is root (uid 0); choose an unprivileged user such as nobody")]
     UserIsRoot { user: String },
+    #[error(
+        "proxy.user {user:?} has primary group 0 (root); give it a group of its own \
+         (usermod -g GROUP {user}) or choose an unprivileged user such as nobody"
+    )]
+    GroupIsRoot { user: String },
     #[error("cannot look up proxy.user {user:?}")]
     Lookup {
         user: String,
@@ -57,6 +63,8 @@ pub struct PrivilegeState {
     pub uid: [u32; 3],
     /// Real, effective, saved gid.
     pub gid: [u32; 3],
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
     pub cap_inh: u64,
     pub cap_prm: u64,
     pub cap_eff: u64,
@@ -91,6 +99,12 @@ impl PrivilegeState {
             match key {
                 "Uid" => st.uid = ids(),
                 "Gid" => st.gid = ids(),
+                "Groups" => {
+                    st.groups = value
+                        .split_whitespace()
+                        .map(|g| g.parse().unwrap_or(0))
+                        .collect()
+                }
                 "CapInh" => st.cap_inh = hex(),
                 "CapPrm" => st.cap_prm = hex(),
                 "CapEff" => st.cap_eff = hex(),
@@ -310,6 +324,13 @@ pub fn drop_privileges(user: &str) -> Result<DropReport, PrivilegeError> {
                 user: user.to_owned(),
             });
         }
+        // Group root owns files user root does not need to: /etc/shadow is
+        // root:shadow, but many a key, socket or log is group 0.
+        if account.gid == 0 {
+            return Err(PrivilegeError::GroupIsRoot {
+                user: user.to_owned(),
+            });
+        }
         // SAFETY: setgroups with size 0 reads no memory.
         if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
             return Err(syscall_err("clear supplementary groups (setgroups)"));
@@ -352,7 +373,9 @@ pub fn drop_privileges(user: &str) -> Result<DropReport, PrivilegeError> {
     })?;
     // SAFETY: setuid(0) only tests whether root could be regained; it must fail.
     let regained = after.uid[1] != 0 && unsafe { libc::setuid(0) } == 0;
-    if after.is_privileged() || regained {
+    // Switched from root: no group 0 either, also not a supplementary one.
+    let root_group = switched_to.is_some() && (after.gid.contains(&0) || !after.groups.is_empty());
+    if after.is_privileged() || regained || root_group {
         return Err(PrivilegeError::StillPrivileged(after.to_string()));
     }
     Ok(DropReport {
@@ -363,9 +386,203 @@ pub fn drop_privileges(user: &str) -> Result<DropReport, PrivilegeError> {
     })
 }
 
+// ---- The capable binary ---------------------------------------------------
+//
+// With `setcap cap_net_bind_service=+ep` on lowport, any local user who can
+// run it starts with the capability. Were that user free to choose the
+// mappings (`-m 22:2222`), the binary would hand out every port below 1024:
+// ssh's, smtp's, cups'. So when lowport gained privilege from its file, it
+// serves only a configuration root controls: no -m, no path from the
+// environment, and a file whose every directory and the file itself only
+// root can change.
+
+/// Did this process gain privilege when it was executed, from its file (a
+/// file capability beyond its ambient set, or set-user/group-ID)? The
+/// kernel says so in AT_SECURE: it is what makes the dynamic loader ignore
+/// LD_PRELOAD. Root running lowport, and systemd's `AmbientCapabilities=`
+/// (chosen by root in a unit file), do not set it.
+pub fn gained_at_exec() -> bool {
+    // SAFETY: getauxval reads this process's auxiliary vector; no pointers.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// Environment variables that name paths; the capable binary refuses them.
+pub const PATH_VARIABLES: [&str; 2] = ["LOWPORT_CONFIG", "LOWPORT_STATE_DIR"];
+
+/// How to set up the capable binary, for every refusal.
+const SETUP: &str = "put the mappings in a file root owns and only root can change, in \
+    directories likewise (not /tmp): install -d -m 0755 /etc/lowport; install -m 0644 \
+    -o root -g root lowport.yaml /etc/lowport/ (or run lowport as root, or under systemd \
+    with AmbientCapabilities=)";
+
+/// The capable binary was asked to serve something root does not control.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{what}: lowport has privilege from its file (setcap), so it serves only \
+     configuration root controls; {SETUP}"
+)]
+pub struct NotRootControlled {
+    what: String,
+}
+
+/// Refuse what the command line and environment may not choose when
+/// lowport gained privilege from its file: `-m` mappings and paths from
+/// the environment.
+pub fn refuse_user_choices(
+    map_given: bool,
+    env: impl Fn(&str) -> bool,
+) -> Result<(), NotRootControlled> {
+    if map_given {
+        return Err(NotRootControlled {
+            what: "-m is not accepted".to_owned(),
+        });
+    }
+    if let Some(var) = PATH_VARIABLES.into_iter().find(|v| env(v)) {
+        return Err(NotRootControlled {
+            what: format!("{var} is set (unset it; -c FILE names another file)"),
+        });
+    }
+    Ok(())
+}
+
+/// Read a configuration file that root controls, or fail saying what is
+/// wrong and how to set it up. The path is resolved once (symlinks that
+/// root placed are followed), then every directory on the resolved path is
+/// opened without following a link and checked by its open descriptor, as
+/// is the file: owned by root, writable by no group or other user. Once
+/// each directory is root's alone, no one else can swap what the path
+/// names between the checks and the read.
+pub fn read_root_controlled(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let real = std::fs::canonicalize(path)?;
+    let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
+    dirs.reverse();
+    for dir in dirs {
+        let d = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir)
+            .map_err(|e| refusal(dir, &format!("cannot open it ({e})")))?;
+        root_only(dir, &d.metadata()?)?;
+    }
+    // O_NONBLOCK: a FIFO put there must not hang the start.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&real)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(refusal(&real, "is not a regular file"));
+    }
+    root_only(&real, &meta)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Owned by root, and no group or other write permission (a sticky,
+/// world-writable directory such as /tmp is not root's alone either).
+fn root_only(path: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() != 0 {
+        return Err(refusal(
+            path,
+            &format!("is owned by uid {}, not by root", meta.uid()),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refusal(
+            path,
+            &format!(
+                "is writable by its group or by everyone (mode {:04o})",
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn refusal(path: &Path, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        NotRootControlled {
+            what: format!("{} {why}", path.display()),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checks on the file and each directory: root's and root-only
+    /// (these tests run as root; uid is what `chown` can change).
+    #[test]
+    fn only_files_root_controls_are_read() {
+        use std::os::unix::fs::{chown, PermissionsExt};
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: needs root to chown");
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("lp-trust-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).expect("mkdir");
+        let cleanup = Cleanup(base.clone());
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+        };
+        // A directory everyone may write to (as /tmp) is in the way.
+        mode(&base, 0o1777);
+        let file = base.join("lowport.yaml");
+        std::fs::write(&file, "mappings: []\n").expect("write");
+        mode(&file, 0o644);
+        let err = read_root_controlled(&file)
+            .expect_err("under /tmp")
+            .to_string();
+        assert!(
+            err.contains("writable by its group or by everyone"),
+            "{err}"
+        );
+        assert!(err.contains("install -d -m 0755 /etc/lowport"), "{err}");
+        // Each check on its own, past the parent: the file's owner and mode.
+        chown(&file, Some(65534), None).expect("chown");
+        let meta = std::fs::metadata(&file).expect("stat");
+        let err = root_only(&file, &meta).expect_err("nobody's").to_string();
+        assert!(err.contains("owned by uid 65534"), "{err}");
+        chown(&file, Some(0), None).expect("chown");
+        mode(&file, 0o664);
+        let err = root_only(&file, &std::fs::metadata(&file).expect("stat"))
+            .expect_err("group-writable")
+            .to_string();
+        assert!(err.contains("mode 0664"), "{err}");
+        mode(&file, 0o644);
+        assert!(root_only(&file, &std::fs::metadata(&file).expect("stat")).is_ok());
+        drop(cleanup);
+    }
+
+    /// Removes a directory on drop.
+    struct Cleanup(std::path::PathBuf);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_capable_binary_takes_no_mappings_and_no_paths_from_users() {
+        let err = refuse_user_choices(true, |_| false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("-m is not accepted"), "{err}");
+        let err = refuse_user_choices(false, |v| v == "LOWPORT_CONFIG")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("LOWPORT_CONFIG is set"), "{err}");
+        assert!(refuse_user_choices(false, |v| v == "RUST_LOG").is_ok());
+    }
 
     #[test]
     fn parses_proc_status() {
@@ -374,6 +591,9 @@ mod tests {
                     CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n";
         let st = PrivilegeState::parse(text);
         assert_eq!(st.uid, [65534; 3]);
+        assert!(st.groups.is_empty());
+        let st2 = PrivilegeState::parse("Groups:\t0 27 \n");
+        assert_eq!(st2.groups, [0, 27]);
         assert_eq!(st.cap_eff, 0x400);
         assert!(st.no_new_privs);
         assert!(st.is_privileged());

@@ -111,7 +111,8 @@ fn over_1100_concurrent_connections_past_the_pipe_quota() {
     let dir = temp_dir("many");
     let cfg = write_config(
         &dir,
-        "mappings:\n  - listen: 9080\n    to: 8080\nproxy:\n  max_connections: 5000\n",
+        "mappings:\n  - listen: 9080\n    to: 8080\n\
+         proxy:\n  max_connections: 5000\n  max_connections_per_client: 5000\n",
     );
     let proxy = Launch::new(&ns, &cfg).start();
 
@@ -285,7 +286,12 @@ fn a_burst_past_1024_clients_waits_in_the_listen_queue() {
     ns.ok("sysctl", &["-qw", "net.core.somaxconn=3000"]);
     echo_server(&ns, "127.0.0.1:8080");
     let dir = temp_dir("queue");
-    let cfg = write_config(&dir, "mappings:\n  - listen: 9080\n    to: 8080\n");
+    // Every client is 127.0.0.1: past the per-client limit (512 by
+    // default) the proxy would reset them.
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - listen: 9080\n    to: 8080\nproxy:\n  max_connections_per_client: 4096\n",
+    );
     let proxy = Launch::new(&ns, &cfg).start();
 
     // A listening socket's Send-Q in ss is its queue length.
@@ -317,4 +323,99 @@ fn a_burst_past_1024_clients_waits_in_the_listen_queue() {
         round_trip(&mut c, format!("client {i}").as_bytes())
             .unwrap_or_else(|e| panic!("queued client {i} not served: {e}\n{}", proxy.log_text()));
     }
+}
+
+/// Read one counter from a SIGUSR1 counters line.
+fn counter(line: &str, name: &str) -> u64 {
+    line.split(&format!("{name}="))
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+/// 300 idle connections from 127.0.0.1 against max_connections_per_client
+/// 200: the first 200 are served, each one after them is reset at once
+/// (not left in the backlog, where it would hold up everyone behind it)
+/// and counted, and other clients (127.0.0.2, ::1) are still served. Before
+/// the limit, one address could take all of max_connections.
+#[test]
+fn one_client_address_cannot_take_every_slot() {
+    if !require_root("one_client_address_cannot_take_every_slot") {
+        return;
+    }
+    raise_nofile();
+    let ns = Netns::new("pxperclient");
+    echo_server(&ns, "127.0.0.1:8080");
+    let dir = temp_dir("perclient");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - listen: 9080\n    to: \"127.0.0.1:8080\"\n\
+         proxy:\n  max_connections: 1000\n  max_connections_per_client: 200\n",
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+    let addr: std::net::SocketAddr = "127.0.0.1:9080".parse().expect("addr");
+    let mut clients = ns.enter(move || {
+        (0..300)
+            .map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .collect::<Vec<_>>()
+    });
+    let over = clients.split_off(200);
+    let mut clients: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| c.unwrap_or_else(|e| panic!("client {i}: {e}")))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        round_trip(c, format!("client {i}").as_bytes())
+            .unwrap_or_else(|e| panic!("client {i} not served: {e}\n{}", proxy.log_text()));
+    }
+    for (i, c) in over.into_iter().enumerate() {
+        let mut c = match c {
+            Ok(c) => c,
+            // The reset beat connect()'s own completion check.
+            Err(e) if is_reset(&e) => continue,
+            Err(e) => panic!("client {}: {e}", 200 + i),
+        };
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        // Only read: a write would take the reset's error for itself.
+        let mut buf = [0u8; 16];
+        match read_some(&mut c, &mut buf) {
+            Err(e) if is_reset(&e) => {}
+            other => panic!("client {}: expected a reset, got {other:?}", 200 + i),
+        }
+    }
+    // Other clients are served: another IPv4 address, and IPv6.
+    let other = ns.enter(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        let from: std::net::SocketAddr = "127.0.0.2:0".parse().expect("addr");
+        s.bind(&from.into())?;
+        let to: std::net::SocketAddr = "127.0.0.1:9080".parse().expect("addr");
+        s.connect_timeout(&to.into(), Duration::from_secs(5))?;
+        Ok::<_, std::io::Error>(std::net::TcpStream::from(s))
+    });
+    let mut other = other.expect("connect from 127.0.0.2");
+    round_trip(&mut other, b"from another address").expect("127.0.0.2 served");
+    let mut v6 = connect_in(&ns, "[::1]:9080").expect("connect from ::1");
+    round_trip(&mut v6, b"over IPv6").expect("::1 served");
+
+    proxy.signal(libc::SIGUSR1);
+    let line = proxy.expect_line("counters (SIGUSR1)", Duration::from_secs(5));
+    assert_eq!(counter(&line, "client_limit_resets"), 100, "{line}");
+    assert_eq!(counter(&line, "active"), 202, "{line}");
+    let log = proxy.log_text();
+    assert!(
+        log.contains("max_connections_per_client (200)") && log.contains("client=127.0.0.1"),
+        "the limit was not logged:\n{log}"
+    );
+
+    // Slots come back as the client's connections end.
+    clients.truncate(150);
+    let served = wait_until(Duration::from_secs(10), || {
+        connect_in(&ns, "127.0.0.1:9080")
+            .and_then(|mut c| round_trip(&mut c, b"again"))
+            .is_ok()
+    });
+    assert!(served, "127.0.0.1 not served again\n{}", proxy.log_text());
 }

@@ -18,7 +18,7 @@
 //! and closing a socket is one close(2).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -195,11 +195,24 @@ pub struct Engine {
     /// the last accept that worked.
     starved: u64,
     next_generation: u32,
+    /// Live connections per client ([`client_key`]), for
+    /// max_connections_per_client. An entry goes when its count drops to
+    /// zero: the table never holds more than the live connections.
+    clients: HashMap<IpAddr, u32>,
 }
 
+/// A duration in the timers' unit, milliseconds, capped at [`NEVER`]: every
+/// deadline is a time since the loop started plus one of these, and neither
+/// can reach 2^62, so their sum cannot overflow whatever the settings say.
+/// (The configuration refuses durations past a week or a day; before it did,
+/// `now + idle_timeout` wrapped to the past and every connection was closed
+/// at once as idle.)
 fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).min(NEVER)
 }
+
+/// A deadline no timer reaches: 2^62 ms, about 146 million years.
+const NEVER: u64 = 1 << 62;
 
 /// What epoll hands back with an event: the slab key, the generation of
 /// the entry registered there and the side. The generation is what makes a
@@ -290,6 +303,7 @@ impl Engine {
             backoff_ms: 0,
             starved: 0,
             next_generation: 0,
+            clients: HashMap::new(),
         })
     }
 
@@ -543,6 +557,13 @@ impl Engine {
                     let Some(peer) = addr.as_socket() else {
                         continue;
                     };
+                    if !self.admit(peer) {
+                        // Reset at once: left in the backlog, it would hold
+                        // up every client queued behind it.
+                        let sock = TcpStream::from(sock);
+                        relay::arm_reset(&sock);
+                        continue;
+                    }
                     self.start_conn(sock.into(), peer, mapping);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -558,6 +579,36 @@ impl Engine {
                     }
                     // Per-connection errors (ECONNABORTED and the like).
                     debug!("accept: {e}");
+                }
+            }
+        }
+    }
+
+    /// Count a new connection against its client's share
+    /// (max_connections_per_client); false, counted and logged, when the
+    /// client has used it up.
+    fn admit(&mut self, peer: SocketAddr) -> bool {
+        let client = client_key(peer);
+        let limit = self.settings.max_connections_per_client.get();
+        let count = self.clients.entry(client).or_insert(0);
+        if *count as usize >= limit {
+            self.stats.client_limited(client, limit);
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// A connection that [`Engine::admit`] counted has ended.
+    fn release(&mut self, peer: SocketAddr) {
+        let client = client_key(peer);
+        if let Some(count) = self.clients.get_mut(&client) {
+            *count -= 1;
+            if *count == 0 {
+                self.clients.remove(&client);
+                // After a crowd of clients has gone, give the memory back.
+                if self.clients.capacity() > 4 * self.clients.len() + 1024 {
+                    self.clients.shrink_to(2 * self.clients.len());
                 }
             }
         }
@@ -599,6 +650,7 @@ impl Engine {
                 Ok(a) => Some(a),
                 Err(e) => {
                     debug!(client = %unmap(peer), "client gone before it was served: {e}");
+                    self.release(peer);
                     self.active -= 1;
                     self.stats.active.fetch_sub(1, Ordering::Relaxed);
                     return;
@@ -1021,8 +1073,10 @@ impl Engine {
     }
 
     fn remove(&mut self, key: usize) {
-        if let Some(Entry::Conn(_)) = self.entries.get(key) {
+        if let Some(Entry::Conn(c)) = self.entries.get(key) {
+            let peer = c.peer;
             self.entries.remove(key);
+            self.release(peer);
             self.active -= 1;
             self.stats.active.fetch_sub(1, Ordering::Relaxed);
             // An ended connection's timer stays queued until it is due
@@ -1138,6 +1192,17 @@ impl Engine {
                 self.arm(key, fin_due.map_or(idle_due, |f| f.min(idle_due)));
             }
         }
+    }
+}
+
+/// The address a client is counted under for max_connections_per_client:
+/// an IPv4 address as it is (also when it came v4-mapped on a dual-stack
+/// socket), an IPv6 address by its /64, the block one subscriber's LAN
+/// usually gets (a single host can pick any address in it).
+fn client_key(peer: SocketAddr) -> IpAddr {
+    match unmap(peer).ip() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
+        v4 => v4,
     }
 }
 
@@ -1279,6 +1344,109 @@ mod tests {
         clients.join().expect("clients");
         assert_eq!(stats.accepted.load(Ordering::Relaxed), N as u64);
         assert!(peak <= 2 * 2 + 64 + 1, "the timer queue grew to {peak}");
+    }
+
+    /// Timeouts far beyond what the timers count (here Duration::MAX; the
+    /// configuration refuses them, a reload of settings made in code does
+    /// not) mean "never": `now + timeout` once wrapped to the past and every
+    /// connection was closed at once as idle, or half-closed ones as soon as
+    /// their first FIN passed.
+    #[test]
+    fn timeouts_beyond_the_timers_never_fire() {
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let backend_port = backend.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for s in backend.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    // Echo; after the client's FIN, stay half-open (the
+                    // connection lives on for fin_timeout).
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 {
+                            std::thread::sleep(Duration::from_secs(60));
+                        }
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let front = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        let mapping = Arc::new(Mapping {
+            index: 0,
+            name: None,
+            listen: Listen {
+                addr: None,
+                port: NonZeroU16::new(front_addr.port()).expect("port"),
+            },
+            target: Target {
+                host: TargetHost::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                port: NonZeroU16::new(backend_port).expect("port"),
+            },
+            protocol: Protocol::Tcp,
+            proxy_protocol: ProxyProtocol::Off,
+        });
+        let settings = ProxySettings {
+            connect_timeout: Duration::MAX,
+            idle_timeout: Duration::MAX,
+            fin_timeout: Duration::MAX,
+            ..ProxySettings::default()
+        };
+        let (resolver, _) = tokio::sync::mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let mut engine = Engine::new(
+            Arc::new(settings),
+            Arc::clone(&stats),
+            PipePool::new(4096),
+            resolver,
+        )
+        .expect("engine");
+        // Later than the start, as in a proxy that has run for a while.
+        engine.start -= Duration::from_secs(3600);
+        engine
+            .add_listener(mapping.listen, mapping, front)
+            .expect("listener");
+        let client = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(front_addr).expect("connect");
+            c.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut buf = [0u8; 5];
+            for msg in [b"first", b"again"] {
+                c.write_all(msg).expect("write");
+                c.read_exact(&mut buf).expect("echo");
+                assert_eq!(&buf, msg);
+            }
+            c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            c
+        });
+        let mut events = Vec::with_capacity(EVENTS);
+        while !client.is_finished() {
+            engine.turn(&mut events, Some(10)).expect("turn");
+        }
+        let _c = client.join().expect("client");
+        for _ in 0..20 {
+            engine.turn(&mut events, Some(10)).expect("turn");
+        }
+        assert_eq!(engine.active, 1, "the connection was closed");
+        assert_eq!(stats.idle_timeouts.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.fin_timeouts.load(Ordering::Relaxed), 0);
+    }
+
+    /// IPv4 clients count by address, also v4-mapped; IPv6 ones by /64.
+    #[test]
+    fn clients_are_counted_by_address_and_slash_64() {
+        let key = |s: &str| client_key(s.parse().expect("socket address"));
+        assert_eq!(key("192.0.2.1:1000"), key("[::ffff:192.0.2.1]:2000"));
+        assert_ne!(key("192.0.2.1:1000"), key("192.0.2.2:1000"));
+        assert_eq!(key("[2001:db8:1:2::1]:1"), key("[2001:db8:1:2:ffff::9]:2"));
+        assert_ne!(key("[2001:db8:1:2::1]:1"), key("[2001:db8:1:3::1]:1"));
+        assert_eq!(
+            key("[2001:db8:1:2:3:4:5:6]:1"),
+            "2001:db8:1:2::".parse::<IpAddr>().expect("ip")
+        );
     }
 
     /// An idle connection's memory in the proxy is this, boxed (it was

@@ -71,7 +71,9 @@ impl ProxyError {
         match self {
             ProxyError::Config(_) => 2,
             ProxyError::Privilege(
-                PrivilegeError::NoSuchUser { .. } | PrivilegeError::UserIsRoot { .. },
+                PrivilegeError::NoSuchUser { .. }
+                | PrivilegeError::UserIsRoot { .. }
+                | PrivilegeError::GroupIsRoot { .. },
             ) => 2,
             _ => 1,
         }

@@ -30,8 +30,12 @@ pub struct Stats {
     pub fin_timeouts: AtomicU64,
     /// Connections reset because shutdown_timeout ran out.
     pub shutdown_resets: AtomicU64,
+    /// New connections reset at once: their client address (IPv6: /64)
+    /// already had max_connections_per_client.
+    pub client_limit_resets: AtomicU64,
     started: Instant,
     last_fallback_log: AtomicU64,
+    last_client_limit_log: AtomicU64,
 }
 
 impl Default for Stats {
@@ -49,8 +53,10 @@ impl Default for Stats {
             idle_timeouts: AtomicU64::new(0),
             fin_timeouts: AtomicU64::new(0),
             shutdown_resets: AtomicU64::new(0),
+            client_limit_resets: AtomicU64::new(0),
             started: Instant::now(),
             last_fallback_log: AtomicU64::new(0),
+            last_client_limit_log: AtomicU64::new(0),
         }
     }
 }
@@ -77,6 +83,7 @@ impl Stats {
             idle_timeouts = g(&self.idle_timeouts),
             fin_timeouts = g(&self.fin_timeouts),
             shutdown_resets = g(&self.shutdown_resets),
+            client_limit_resets = g(&self.client_limit_resets),
             "counters ({when})"
         );
     }
@@ -85,19 +92,42 @@ impl Stats {
     /// (under EMFILE every chunk of every connection would otherwise log).
     pub fn splice_fallback(&self, why: &std::io::Error) {
         let total = self.splice_fallbacks.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = self.started.elapsed().as_secs() + 1;
-        let last = self.last_fallback_log.load(Ordering::Relaxed);
-        if now >= last + 10
-            && self
-                .last_fallback_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.log_due(&self.last_fallback_log) {
             tracing::warn!(
                 total_fallbacks = total,
                 "splice unavailable ({why}): copying through user space"
             );
         }
+    }
+
+    /// Count a connection reset for max_connections_per_client; log it, at
+    /// most once per 10 s (a client that hammers would otherwise fill the
+    /// log).
+    pub fn client_limited(&self, client: std::net::IpAddr, limit: usize) {
+        let total = self.client_limit_resets.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.log_due(&self.last_client_limit_log) {
+            let client = match client {
+                std::net::IpAddr::V6(v6) => format!("{v6}/64"),
+                v4 => v4.to_string(),
+            };
+            tracing::warn!(
+                client = %client,
+                total_client_limit_resets = total,
+                "a client has max_connections_per_client ({limit}) connections: \
+                 resetting its new ones"
+            );
+        }
+    }
+
+    /// True at most once per 10 s for each `last` (seconds since start).
+    fn log_due(&self, last_log: &AtomicU64) -> bool {
+        let now = self.started.elapsed().as_secs() + 1;
+        let last = last_log.load(Ordering::Relaxed);
+        // 0: never logged (now starts at 1).
+        (last == 0 || now >= last + 10)
+            && last_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Time since the proxy started.

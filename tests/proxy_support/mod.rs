@@ -174,6 +174,9 @@ impl<'a> Launch<'a> {
             .arg("proxy")
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "debug")
+            // Only `rules` reads it, and a binary with a file capability
+            // refuses every path from the environment.
+            .env_remove("LOWPORT_STATE_DIR")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -11,7 +11,8 @@ use crate::config::{BackendChoice, Source};
 /// running anything as root for long.
 ///
 /// Two ways to serve the same mappings: `lowport rules apply` installs
-/// kernel NAT rules once (nftables or iptables) and exits; `lowport proxy`
+/// kernel NAT rules once (nftables or iptables) and exits, `lowport rules
+/// watch` installs them and keeps them in force; `lowport proxy`
 /// relays connections itself, with only the cap_net_bind_service
 /// capability, which it drops once its ports are bound.
 #[derive(Debug, Parser)]
@@ -27,6 +28,7 @@ use crate::config::{BackendChoice, Source};
     EXAMPLES:\n  \
       sudo lowport -m 80:8080 rules apply        serve :80 from an app on :8080\n  \
       sudo lowport -c /etc/lowport/lowport.yaml rules apply --dry-run\n  \
+      sudo lowport -m 80:8080 rules watch        the same, kept through firewall reloads\n  \
       sudo lowport rules show                    what the kernel has now\n  \
       sudo lowport rules remove                  take it all away again\n\n\
     EXIT STATUS:\n  \

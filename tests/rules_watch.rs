@@ -706,3 +706,37 @@ fn watch_unit_is_type_notify_and_reloads_with_sighup() {
         );
     }
 }
+
+#[test]
+fn keep_on_exit_leaves_the_rules_serving_with_and_without_persist() {
+    if !require_root("keep_on_exit_leaves_the_rules_serving_with_and_without_persist") {
+        return;
+    }
+    let mut lan = Lan::new("wkeep");
+    lan.host.start_backend("127.0.0.1:8080");
+    let args = [
+        "-m",
+        "80:127.0.0.1:8080",
+        "rules",
+        "watch",
+        "--keep-on-exit",
+    ];
+    // "owner": as on Linux 5.12-6.8, where an owned table would go with
+    // the watch's socket unless handed over first.
+    for flags in ["owner", "owner,persist"] {
+        if flags == "owner,persist" && !kernel_at_least(6, 9) {
+            continue;
+        }
+        let mut w = Watch::start(&lan.host, &args, &[("LOWPORT_WATCH_TABLE_FLAGS", flags)]);
+        let want = installed(&lan.host).expect("installed");
+        w.signal(libc::SIGTERM);
+        assert!(w.wait_exit().success(), "{}", w.log());
+        assert_eq!(installed(&lan.host), Some(want), "{flags}");
+        assert_eq!(lan.host.sysctl("net.ipv4.conf.all.route_localnet"), "1");
+        assert_reaches(&lan.remote, &format!("{}:80", Lan::HOST_V4), 8080, None);
+        // Nobody owns it now: a one-shot remove works and restores the sysctl.
+        lan.host.lowport_ok(&["rules", "remove"]);
+        assert!(lan.host.nft_table().is_none());
+        assert_eq!(lan.host.sysctl("net.ipv4.conf.all.route_localnet"), "0");
+    }
+}

@@ -475,6 +475,21 @@ fn without_the_owner_flag_changes_are_healed_and_a_fight_backs_off() {
     w.wait_log("the end of a back-off");
     assert_eq!(lan.host.sysctl("net.ipv4.conf.all.route_localnet"), "1");
     assert_reaches(&lan.remote, &format!("{}:80", Lan::HOST_V4), 8080, None);
+
+    // After another flush, healed: the guard is back with route_localnet.
+    lan.host.ok("nft", &["flush", "ruleset"]);
+    time_until(|| installed(&lan.host).as_ref() == Some(&want));
+    lan.make_remote_route_loopback_to_host();
+    assert!(
+        !udp_reaches_host_loopback(&lan, 9053),
+        "a datagram from the LAN reached 127.0.0.1"
+    );
+    assert!(lan.remote_connects_to_host_loopback(8080).is_err());
+    assert_eq!(
+        syn_recv(&lan.host),
+        "",
+        "SYN-RECV from the LAN on a loopback listener"
+    );
 }
 
 /// iptables with a given flavour, run inside `ns`.

@@ -282,6 +282,7 @@ pub fn run(config: &Config, plan: &RulePlan, source: &Source) -> Report {
     for &s in &plan.sysctls {
         check_sysctl(&mut f, s, config, rules_needed, &apply);
     }
+    check_loopback_exposure(&mut f, plan, installed.as_ref(), &apply);
     let ruleset = nft_ruleset();
     check_input_filters(&mut f, config, ruleset.as_ref(), rules_needed);
     check_nat_conflicts(&mut f, config, ruleset.as_ref(), lowport_prio);
@@ -709,6 +710,43 @@ fn check_target(f: &mut Findings, m: &Mapping, sockets: &Listeners) {
             );
         }
     }
+}
+
+/// route_localnet=1 lets packets to 127.0.0.0/8 arriving from the LAN be
+/// routed to local services; lowport's guard drops them. With the guard
+/// gone (a `flush ruleset`, an `iptables-restore`) and the sysctl still on,
+/// a neighbour that routes 127.0.0.0/8 at this host reaches services bound
+/// to 127.0.0.1 (the CVE-2020-8558 class).
+fn check_loopback_exposure(
+    f: &mut Findings,
+    plan: &RulePlan,
+    installed: Option<&firewall::plan::RuleSet>,
+    apply: &str,
+) {
+    let on = firewall::sysctl::read(Sysctl::RouteLocalnet).ok() == Some(1);
+    let guarded = installed.is_some_and(|r| r.loopback_guard);
+    if !on || guarded {
+        return;
+    }
+    let ours = plan.sysctls.contains(&Sysctl::RouteLocalnet);
+    f.need(
+        ours,
+        "sysctl",
+        format!(
+            "{}=1 and lowport's loopback guard is not installed: hosts on the LAN that route              127.0.0.0/8 here reach services bound to 127.0.0.1",
+            Sysctl::RouteLocalnet
+        ),
+        if ours {
+            format!(
+                "{apply} puts the guard back (or `sudo lowport rules remove` turns the sysctl off);                  run `lowport rules watch` (lowport-rules-watch.service) so that a firewall reload                  cannot remove the guard again"
+            )
+        } else {
+            format!(
+                "sudo sysctl -w {}=0, unless something on this host needs it",
+                Sysctl::RouteLocalnet
+            )
+        },
+    );
 }
 
 fn check_sysctl(f: &mut Findings, s: Sysctl, config: &Config, needed: bool, apply: &str) {

@@ -11,7 +11,8 @@ use crate::config::{BackendChoice, Source};
 /// running anything as root for long.
 ///
 /// Two ways to serve the same mappings: `lowport rules apply` installs
-/// kernel NAT rules once (nftables or iptables) and exits; `lowport proxy`
+/// kernel NAT rules once (nftables or iptables) and exits, `lowport rules
+/// watch` installs them and keeps them in force; `lowport proxy`
 /// relays connections itself, with only the cap_net_bind_service
 /// capability, which it drops once its ports are bound.
 #[derive(Debug, Parser)]
@@ -27,6 +28,7 @@ use crate::config::{BackendChoice, Source};
     EXAMPLES:\n  \
       sudo lowport -m 80:8080 rules apply        serve :80 from an app on :8080\n  \
       sudo lowport -c /etc/lowport/lowport.yaml rules apply --dry-run\n  \
+      sudo lowport -m 80:8080 rules watch        the same, kept through firewall reloads\n  \
       sudo lowport rules show                    what the kernel has now\n  \
       sudo lowport rules remove                  take it all away again\n\n\
     EXIT STATUS:\n  \
@@ -79,7 +81,8 @@ impl GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Install, remove or show kernel NAT rules (one shot; nothing keeps running).
+    /// Install, remove or show kernel NAT rules (one shot), or keep them in
+    /// force (`rules watch`).
     #[command(subcommand)]
     Rules(RulesCommand),
     /// Relay TCP connections in the foreground (splice(2), zero-copy): binds
@@ -143,11 +146,44 @@ pub enum RulesCommand {
         #[command(flatten)]
         backend: BackendArg,
     },
+    /// Apply, then stay in the foreground and keep the rules in force.
+    ///
+    /// nftables: the table is owned by this process (Linux 5.12+), so
+    /// `nft flush ruleset` and other processes leave it alone, and
+    /// persistent (Linux 6.9+), so it keeps serving if watch dies and the
+    /// next watch adopts it. Any change by someone else (older kernels,
+    /// iptables-nft) is undone at once, the loopback guard first;
+    /// iptables-legacy is read every --interval. SIGHUP re-reads the
+    /// configuration and applies it (an invalid file is logged, the running
+    /// rules stay); SIGTERM/SIGINT remove the rules and restore the
+    /// sysctls, exit 0. Tells systemd when ready (Type=notify).
+    Watch {
+        #[command(flatten)]
+        backend: BackendArg,
+        /// How often to read iptables-legacy rules, which send no change
+        /// notifications (one getsockopt per table when nothing changed).
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_interval)]
+        interval: std::time::Duration,
+        /// On SIGTERM/SIGINT leave the rules and sysctls in place (for a
+        /// restart or upgrade; a persistent nftables table is then adopted
+        /// by the next watch without a gap).
+        #[arg(long)]
+        keep_on_exit: bool,
+    },
     /// Read lowport's rules back from the kernel and print them as mappings.
     Show {
         #[command(flatten)]
         backend: BackendArg,
     },
+}
+
+/// `--interval`: a humantime duration, at least 100ms.
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 2s, 500ms)"))?;
+    if d < std::time::Duration::from_millis(100) {
+        return Err("at least 100ms".into());
+    }
+    Ok(d)
 }
 
 /// `--backend`.

@@ -143,6 +143,7 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
                 }
                 return Ok(());
             }
+            refuse_if_held(backend.as_mut())?;
             let outcome = firewall::apply(backend.as_mut(), &plan, &config.rules)?;
             println!(
                 "lowport: {} mapping(s) installed as {} {} rule(s) in {}",
@@ -153,6 +154,12 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
             );
             for (s, v) in outcome.sysctls {
                 println!("lowport: set {s}={v}");
+            }
+            if plan.rules.loopback_guard {
+                println!(
+                    "lowport: note: a loopback target needs {}=1, and lowport's guard keeps the LAN                      from reaching 127.0.0.1 through it. A later flush of the firewall (`nft flush                      ruleset`, `iptables-restore`) removes the guard but leaves the sysctl on: run                      `lowport rules watch` instead (lowport-rules-watch.service) to prevent that",
+                    plan::Sysctl::RouteLocalnet
+                );
             }
             if outcome.flows_deleted > 0 {
                 println!(
@@ -165,6 +172,7 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
         RulesCommand::Remove { backend } => {
             let config = optional_config(global)?;
             let mut backend = backend_for(backend, config.as_ref())?;
+            refuse_if_held(backend.as_mut())?;
             let outcome = firewall::remove(backend.as_mut())?;
             println!("lowport: rules removed ({})", backend.name());
             for (s, v) in outcome.sysctls {
@@ -172,6 +180,11 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
             }
             Ok(())
         }
+        RulesCommand::Watch {
+            backend,
+            interval,
+            keep_on_exit,
+        } => watch(global, backend, interval, keep_on_exit),
         RulesCommand::Show { backend } => {
             let config = optional_config(global)?;
             let mut backend = backend_for(backend, config.as_ref())?;
@@ -186,6 +199,48 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// A running `rules watch` owns the rules: a one-shot apply or remove
+/// would be refused by the kernel (or, with the same rules, do nothing and
+/// claim success); say whose they are and what to do instead.
+fn refuse_if_held(backend: &mut dyn Backend) -> Result<(), Failure> {
+    match backend.held_by() {
+        Some(holder) => Err(firewall::FirewallError::OwnedByWatch { holder }.into()),
+        None => Ok(()),
+    }
+}
+
+/// `rules watch`: a bad configuration at start is exit 2, one on SIGHUP
+/// is logged and the running rules stay.
+fn watch(
+    global: &GlobalArgs,
+    backend: BackendArg,
+    interval: std::time::Duration,
+    keep_on_exit: bool,
+) -> Result<(), Failure> {
+    let source = global.source();
+    let config = config::load(&source)?;
+    let plan = plan::plan(&config.mappings, &firewall::SystemHost)?;
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    let choice = backend
+        .backend
+        .map(BackendChoice::from)
+        .unwrap_or(config.rules.backend);
+    let reload: firewall::watch::Reload = Box::new(move || {
+        let config = config::load(&source).map_err(|e| e.to_string())?;
+        let plan =
+            plan::plan(&config.mappings, &firewall::SystemHost).map_err(|e| e.to_string())?;
+        Ok((config, plan))
+    });
+    let opts = firewall::watch::WatchOptions {
+        interval,
+        keep_on_exit,
+    };
+    firewall::watch::run(config, plan, choice, reload, opts)
+        .map_err(|e| Failure::Runtime(Box::new(e)))
 }
 
 /// `check`: a bad configuration is exit 2 (as everywhere); a host that

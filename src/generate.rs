@@ -98,6 +98,14 @@ Re\-read the configuration: unchanged listeners are kept, new ones bound if poss
 .TP
 .B SIGUSR1
 Log the counters (accepted, active, refused, bytes each way, splice fallbacks, errors by kind, client_limit_resets).
+.PP
+\fBlowport rules watch\fR:
+.TP
+.B SIGTERM, SIGINT
+Remove the rules and put back the sysctls lowport changed, exit 0; with \fB\-\-keep\-on\-exit\fR leave both in place (a persistent nftables table is then adopted by the next watch without a gap).
+.TP
+.B SIGHUP
+Re\-read the configuration and apply it; an invalid file or a rule set the kernel refuses is logged and the running rules stay.
 .SH ENVIRONMENT
 .TP
 .B LOWPORT_CONFIG
@@ -110,8 +118,8 @@ A log filter (e.g. debug) that overrides \fB\-v\fR and \fB\-q\fR.
 /etc/lowport/lowport.yaml
 The default configuration file.
 .TP
-lowport\-rules.service, lowport\-proxy.service, lowport\-proxy.socket
-systemd units shipped in dist/systemd: rules applied at boot and again after a firewall reload; the proxy with only CAP_NET_BIND_SERVICE, or socket\-activated with none.
+lowport\-rules\-watch.service, lowport\-rules.service, lowport\-proxy.service, lowport\-proxy.socket
+systemd units shipped in dist/systemd: \fBrules watch\fR (Type=notify), which keeps the rules in force through firewall reloads; rules applied once at boot and again after an nftables.service reload; the proxy with only CAP_NET_BIND_SERVICE, or socket\-activated with none.
 .SH SEE ALSO
 nft(8), iptables\-restore(8), setcap(8), capabilities(7), systemd.socket(5)
 "#;

@@ -12,7 +12,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A long-running proxy logs its start-up line, reloads and counters by
     // default; one-shot commands only warnings.
-    let long_running = matches!(cli.command, Command::Proxy);
+    let long_running = matches!(
+        cli.command,
+        Command::Proxy | Command::Rules(lowport::cli::RulesCommand::Watch { .. })
+    );
     init_tracing(
         cli.global.verbose + u8::from(long_running),
         cli.global.quiet,

@@ -61,6 +61,9 @@ _lowport() {
             lowport__subcmd__help__subcmd__rules,show)
                 cmd="lowport__subcmd__help__subcmd__rules__subcmd__show"
                 ;;
+            lowport__subcmd__help__subcmd__rules,watch)
+                cmd="lowport__subcmd__help__subcmd__rules__subcmd__watch"
+                ;;
             lowport__subcmd__rules,apply)
                 cmd="lowport__subcmd__rules__subcmd__apply"
                 ;;
@@ -73,6 +76,9 @@ _lowport() {
             lowport__subcmd__rules,show)
                 cmd="lowport__subcmd__rules__subcmd__show"
                 ;;
+            lowport__subcmd__rules,watch)
+                cmd="lowport__subcmd__rules__subcmd__watch"
+                ;;
             lowport__subcmd__rules__subcmd__help,apply)
                 cmd="lowport__subcmd__rules__subcmd__help__subcmd__apply"
                 ;;
@@ -84,6 +90,9 @@ _lowport() {
                 ;;
             lowport__subcmd__rules__subcmd__help,show)
                 cmd="lowport__subcmd__rules__subcmd__help__subcmd__show"
+                ;;
+            lowport__subcmd__rules__subcmd__help,watch)
+                cmd="lowport__subcmd__rules__subcmd__help__subcmd__watch"
                 ;;
             *)
                 ;;
@@ -266,7 +275,7 @@ _lowport() {
             return 0
             ;;
         lowport__subcmd__help__subcmd__rules)
-            opts="apply remove show"
+            opts="apply remove watch show"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -308,6 +317,20 @@ _lowport() {
             return 0
             ;;
         lowport__subcmd__help__subcmd__rules__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        lowport__subcmd__help__subcmd__rules__subcmd__watch)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -382,7 +405,7 @@ _lowport() {
             return 0
             ;;
         lowport__subcmd__rules)
-            opts="-c -m -v -q -h --config --map --verbose --quiet --help apply remove show help"
+            opts="-c -m -v -q -h --config --map --verbose --quiet --help apply remove watch show help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -446,7 +469,7 @@ _lowport() {
             return 0
             ;;
         lowport__subcmd__rules__subcmd__help)
-            opts="apply remove show help"
+            opts="apply remove watch show help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -515,6 +538,20 @@ _lowport() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        lowport__subcmd__rules__subcmd__help__subcmd__watch)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         lowport__subcmd__rules__subcmd__remove)
             opts="-c -m -v -q -h --backend --config --map --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -558,6 +595,44 @@ _lowport() {
             case "${prev}" in
                 --backend)
                     COMPREPLY=($(compgen -W "auto nftables iptables" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --map)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -m)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        lowport__subcmd__rules__subcmd__watch)
+            opts="-c -m -v -q -h --backend --interval --keep-on-exit --config --map --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --backend)
+                    COMPREPLY=($(compgen -W "auto nftables iptables" -- "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --config)

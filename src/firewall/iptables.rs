@@ -166,6 +166,84 @@ pub fn legacy_nat_in_use() -> bool {
     })
 }
 
+/// `rules watch` with iptables-legacy, which sends no notifications: the
+/// (entry count, size in bytes) of the legacy nat and raw tables of both
+/// families, `None` for a table that is not loaded (asking would load it).
+/// One `getsockopt(IPT_SO_GET_INFO)` each, no process: any rule added,
+/// deleted or changed changes the size or the count, and only then are
+/// the rules read in full.
+pub fn legacy_table_sizes() -> Vec<Option<(u32, u32)>> {
+    let mut sizes = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        for table in ["nat", "raw"] {
+            let size = legacy_table_loaded(family, table)
+                .then(|| legacy_table_info(family, table).ok())
+                .flatten();
+            sizes.push(size);
+        }
+    }
+    sizes
+}
+
+/// `struct ipt_getinfo` (the same layout as `ip6t_getinfo`).
+#[repr(C)]
+struct XtGetInfo {
+    name: [u8; 32],
+    valid_hooks: u32,
+    hook_entry: [u32; 5],
+    underflow: [u32; 5],
+    num_entries: u32,
+    size: u32,
+}
+
+fn legacy_table_info(family: Family, table: &str) -> io::Result<(u32, u32)> {
+    /// `IPT_SO_GET_INFO` and `IP6T_SO_GET_INFO`: `IPT_BASE_CTL` (64) + 0.
+    const SO_GET_INFO: libc::c_int = 64;
+    let (domain, level) = match family {
+        Family::V4 => (libc::AF_INET, libc::IPPROTO_IP),
+        Family::V6 => (libc::AF_INET6, libc::IPPROTO_IPV6),
+    };
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut info = XtGetInfo {
+        name: [0; 32],
+        valid_hooks: 0,
+        hook_entry: [0; 5],
+        underflow: [0; 5],
+        num_entries: 0,
+        size: 0,
+    };
+    let n = table.len().min(31);
+    info.name[..n].copy_from_slice(&table.as_bytes()[..n]);
+    let mut len = std::mem::size_of::<XtGetInfo>() as libc::socklen_t;
+    // SAFETY: the fd is our socket; the pointer and length describe `info`,
+    // a repr(C) copy of the kernel's struct, which the kernel fills in.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            level,
+            SO_GET_INFO,
+            (&mut info as *mut XtGetInfo).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((info.num_entries, info.size))
+}
+
 /// `iptables-save -t TABLE` of one flavour and family.
 pub fn save(flavor: IptablesFlavor, family: Family, table: &str) -> io::Result<String> {
     let tool = flavor.tool(family, "save");

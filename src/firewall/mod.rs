@@ -9,6 +9,7 @@ pub mod iptables;
 pub mod nft;
 pub mod plan;
 pub mod sysctl;
+pub mod watch;
 
 use crate::config::RulesSettings;
 use plan::{Family, RulePlan, RuleSet, Sysctl};
@@ -34,6 +35,14 @@ pub enum FirewallError {
     },
     #[error("lowport's table holds a rule it did not write ({0}); remove it with `lowport rules remove` and apply again")]
     Foreign(String),
+    #[error(
+        "table inet lowport belongs to {holder}, which keeps lowport's rules in force.\n\
+         To change the rules, edit the configuration and reload it \
+         (`systemctl reload lowport-rules-watch`, or send it SIGHUP); \
+         to take them away, stop it (`systemctl stop lowport-rules-watch`, or SIGTERM): \
+         it removes them as it exits"
+    )]
+    OwnedByWatch { holder: String },
     #[error("{0}")]
     Other(String),
 }
@@ -51,6 +60,11 @@ pub trait Backend {
     fn remove(&mut self) -> Result<(), FirewallError>;
     /// Read lowport's rules back from the kernel; `None` when none are installed.
     fn list(&mut self) -> Result<Option<RuleSet>, FirewallError>;
+    /// Another live process that holds lowport's rules and refuses changes
+    /// (a `rules watch` owning the nftables table), described for messages.
+    fn held_by(&mut self) -> Option<String> {
+        None
+    }
     /// Exactly what `apply` would send, in the backend's own text form
     /// (`nft -f` script, `iptables-restore` input), for `--dry-run`.
     fn render(&self, rules: &RuleSet) -> String;

@@ -12,7 +12,9 @@
 //! kernel's expressions exactly; anything else is reported as foreign.
 
 mod dump;
+pub mod monitor;
 pub(crate) mod netlink;
+pub mod owner;
 mod sys;
 
 use std::ffi::CString;
@@ -21,6 +23,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, MsgType, Policy, ProtoFamily, Rule, Table};
+
+use self::owner::{TableInfo, TableMsg, F_OWNER, F_PERSIST};
 
 use self::netlink::{Request, Socket, NLM_F_ACK, NLM_F_DUMP};
 use self::sys::{Expr, KernelChain, KernelRule};
@@ -71,6 +75,30 @@ pub struct Nftables {
     /// transaction deleted, an RCU grace period; kept open, that wait runs
     /// alongside the sysctls and the read-back instead of before them.
     batch_socket: Option<Socket>,
+    /// `rules watch`: every batch and read goes through this one socket,
+    /// which owns the table when the kernel has the owner flag.
+    owner: Option<Owner>,
+}
+
+/// The socket `rules watch` holds, and the table flags it creates with.
+struct Owner {
+    sock: Socket,
+    flags: u32,
+}
+
+/// What [`Nftables::claim`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// No table yet: the first apply creates it, owned.
+    Absent,
+    /// A persistent table a stopped watch left behind, now ours; its
+    /// rules never stopped serving.
+    Adopted,
+    /// A table without owner (`rules apply`), replaced by an owned one in
+    /// one transaction.
+    Replaced,
+    /// Ours already, or the kernel has no owner flag: nothing to do.
+    Kept,
 }
 
 impl std::fmt::Debug for Nftables {
@@ -79,6 +107,7 @@ impl std::fmt::Debug for Nftables {
             .field("reject_next_batch", &self.reject_next_batch)
             .field("known_absent", &self.known_absent)
             .field("batch_socket", &self.batch_socket.is_some())
+            .field("owner_flags", &self.owner.as_ref().map(|o| o.flags))
             .finish()
     }
 }
@@ -97,6 +126,178 @@ impl Nftables {
     pub fn reject_next_batch_for_tests(&mut self) {
         self.reject_next_batch = true;
     }
+
+    /// The backend of `rules watch`: one netlink socket for everything,
+    /// opened now, and the strongest table flags this kernel accepts
+    /// within `allowed` (OWNER|PERSIST on 6.9+, OWNER on 5.12+, none
+    /// before), found by a probe that leaves nothing behind.
+    pub fn for_watch(allowed: u32) -> Result<Nftables, FirewallError> {
+        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
+        let mut flags = 0;
+        for want in [F_OWNER | F_PERSIST, F_OWNER] {
+            if want & !allowed != 0 {
+                continue;
+            }
+            match probe_flags(&mut sock, want) {
+                Ok(()) => {
+                    flags = want;
+                    break;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
+                    tracing::debug!(flags = want, error = %e, "table flags not supported");
+                }
+                Err(e) => return Err(FirewallError::BatchRejected(e)),
+            }
+        }
+        Ok(Nftables {
+            owner: Some(Owner { sock, flags }),
+            ..Nftables::default()
+        })
+    }
+
+    /// The flags lowport's table gets in watch mode (0 outside it).
+    pub fn table_flags(&self) -> u32 {
+        self.owner.as_ref().map_or(0, |o| o.flags)
+    }
+
+    /// The port id of the watch socket: the sender of its own batches'
+    /// notifications.
+    pub fn portid(&self) -> Option<u32> {
+        self.owner.as_ref().map(|o| o.sock.portid())
+    }
+
+    /// Make the table ours before the first apply (watch mode): adopt a
+    /// persistent orphan (no gap: nothing but the owner changes), replace
+    /// an unowned table by an owned one with `rules`, refuse a table
+    /// another live process owns.
+    pub fn claim(&mut self, rules: &RuleSet) -> Result<Claim, FirewallError> {
+        let Some(owner) = self.owner.as_mut() else {
+            return Ok(Claim::Kept);
+        };
+        let me = owner.sock.portid();
+        let flags = owner.flags;
+        let info = owner::table_info(&mut owner.sock).map_err(FirewallError::List)?;
+        match info {
+            None => Ok(Claim::Absent),
+            Some(TableInfo { owner: Some(p), .. }) if p == me => Ok(Claim::Kept),
+            Some(TableInfo { owner: Some(p), .. }) => Err(owned_by(p)),
+            Some(_) if flags == 0 => Ok(Claim::Kept),
+            Some(i) if i.is_orphan() && flags & F_PERSIST != 0 => {
+                let mut batch = Batch::new();
+                batch.add(&TableMsg { flags: Some(flags) }, MsgType::Add);
+                send_batch(&mut owner.sock, &batch.finalize(), None)
+                    .map_err(FirewallError::BatchRejected)?;
+                Ok(Claim::Adopted)
+            }
+            Some(_) => {
+                self.apply(rules)?;
+                Ok(Claim::Replaced)
+            }
+        }
+    }
+
+    /// Leave the rules in place when watch exits (`--keep-on-exit`). A
+    /// persistent table just loses its owner as the socket closes; an
+    /// owned one without PERSIST would be deleted with it, so it is
+    /// replaced first by an unowned copy, in one transaction.
+    pub fn release(&mut self, rules: &RuleSet) -> Result<(), FirewallError> {
+        let Some(owner) = self.owner.as_mut() else {
+            return Ok(());
+        };
+        if owner.flags & F_OWNER == 0 || owner.flags & F_PERSIST != 0 {
+            return Ok(());
+        }
+        owner.flags = 0;
+        self.apply(rules)
+    }
+
+    /// The flags and owner of lowport's table, `None` without a table.
+    pub fn table_info(&mut self) -> Result<Option<TableInfo>, FirewallError> {
+        match self.owner.as_mut() {
+            Some(o) => owner::table_info(&mut o.sock),
+            None => owner::table_info(&mut Socket::open().map_err(FirewallError::Socket)?),
+        }
+        .map_err(FirewallError::List)
+    }
+
+    /// Send a batch on the watch socket, or on a fresh one kept until the
+    /// next (see `batch_socket`). EPERM from an owned table becomes an
+    /// error that names its owner.
+    fn send_finalized(
+        &mut self,
+        batch: &FinalizedBatch,
+        exclusive: Option<u16>,
+    ) -> Result<(), io::Error> {
+        if let Some(o) = self.owner.as_mut() {
+            return send_batch(&mut o.sock, batch, exclusive);
+        }
+        let mut sock = Socket::open()?;
+        let sent = send_batch(&mut sock, batch, exclusive);
+        self.batch_socket = Some(sock);
+        sent
+    }
+
+    /// The flags attribute of the table a batch (re)creates.
+    fn create_flags(&self) -> Option<u32> {
+        self.owner.as_ref().map(|o| o.flags).filter(|f| *f != 0)
+    }
+}
+
+/// Does the kernel take table flags `flags`? Add a throwaway table with
+/// them and delete it in the same batch: the flags are checked when the
+/// table is added, and the commit of add+delete changes nothing.
+fn probe_flags(sock: &mut Socket, flags: u32) -> io::Result<()> {
+    let name = format!("lowport-probe-{}", std::process::id());
+    let msg = |ty: u8, flags: Option<u32>| {
+        let mut req = Request::new(SUBSYS_NFTABLES, ty, NLM_F_ACK, 0, NFPROTO_INET)
+            .attr_str(NFTA_TABLE_NAME, &name);
+        if let Some(f) = flags {
+            req = req.attr(2, &f.to_be_bytes());
+        }
+        req.finish()
+    };
+    let add = msg(libc::NFT_MSG_NEWTABLE as u8, Some(flags));
+    let del = msg(libc::NFT_MSG_DELTABLE as u8, None);
+    let mut batch = Batch::new();
+    batch.add(&RawMsg(add), MsgType::Add);
+    batch.add(&RawMsg(del), MsgType::Add);
+    send_batch(sock, &batch.finalize(), None)
+}
+
+/// A prebuilt message whose sequence number the batch sets.
+struct RawMsg(Vec<u8>);
+
+// SAFETY: the messages are a few dozen bytes, far below the
+// `nft_nlmsg_maxsize()` bytes the batch guarantees at `buf`.
+unsafe impl nftnl::NlMsg for RawMsg {
+    unsafe fn write(&self, buf: *mut std::os::raw::c_void, seq: u32, _: MsgType) {
+        let mut bytes = self.0.clone();
+        bytes[8..12].copy_from_slice(&seq.to_ne_bytes());
+        // SAFETY: see the impl; `bytes` is a fresh allocation.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), bytes.len()) };
+    }
+}
+
+/// The error for a batch refused because another socket owns the table.
+fn owned_by(portid: u32) -> FirewallError {
+    FirewallError::OwnedByWatch {
+        holder: owner::holder(portid),
+    }
+}
+
+/// EPERM on lowport's table: owned by someone (a running watch), or
+/// simply no CAP_NET_ADMIN.
+fn refused(
+    nft: &mut Nftables,
+    e: io::Error,
+    wrap: fn(io::Error) -> FirewallError,
+) -> FirewallError {
+    if e.raw_os_error() == Some(libc::EPERM) && nft.owner.is_none() {
+        if let Ok(Some(TableInfo { owner: Some(p), .. })) = nft.table_info() {
+            return owned_by(p);
+        }
+    }
+    wrap(e)
 }
 
 impl Backend for Nftables {
@@ -127,27 +328,39 @@ impl Backend for Nftables {
     }
 
     fn remove(&mut self) -> Result<(), FirewallError> {
-        let table = lowport_table();
         let mut batch = Batch::new();
-        // Adding first makes "no such table" impossible: removing nothing succeeds.
-        batch.add(&table, MsgType::Add);
-        batch.add(&table, MsgType::Del);
-        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
-        let sent = send_batch(&mut sock, &batch.finalize(), None);
-        self.batch_socket = Some(sock);
-        sent.map_err(FirewallError::Remove)
+        // Adding first makes "no such table" impossible: removing nothing
+        // succeeds. Without a flags attribute the add changes nothing on an
+        // existing table, whatever its flags.
+        batch.add(&TableMsg { flags: None }, MsgType::Add);
+        batch.add(&TableMsg { flags: None }, MsgType::Del);
+        let sent = self.send_finalized(&batch.finalize(), None);
+        sent.map_err(|e| refused(self, e, FirewallError::Remove))
     }
 
     fn list(&mut self) -> Result<Option<RuleSet>, FirewallError> {
         self.known_absent = false;
-        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
-        let Some((chains, rules)) = read_table(&mut sock).map_err(FirewallError::List)? else {
+        let read = match self.owner.as_mut() {
+            Some(o) => read_table(&mut o.sock),
+            None => read_table(&mut Socket::open().map_err(FirewallError::Socket)?),
+        };
+        let Some((chains, rules)) = read.map_err(FirewallError::List)? else {
             self.known_absent = true;
             return Ok(None);
         };
         decode(&chains, &rules)
             .map(Some)
             .map_err(FirewallError::Foreign)
+    }
+
+    fn held_by(&mut self) -> Option<String> {
+        if self.owner.is_some() {
+            return None;
+        }
+        match self.table_info() {
+            Ok(Some(TableInfo { owner: Some(p), .. })) => Some(owner::holder(p)),
+            _ => None,
+        }
     }
 
     fn render(&self, rules: &RuleSet) -> String {
@@ -175,11 +388,15 @@ impl Nftables {
         reject: bool,
     ) -> Result<(), FirewallError> {
         let table = lowport_table();
+        let flags = self.create_flags();
         let mut batch = Batch::new();
-        batch.add(&table, MsgType::Add);
-        if install == Install::Replace {
-            batch.add(&table, MsgType::Del);
-            batch.add(&table, MsgType::Add);
+        match install {
+            Install::Create => batch.add(&TableMsg { flags }, MsgType::Add),
+            Install::Replace => {
+                batch.add(&TableMsg { flags: None }, MsgType::Add);
+                batch.add(&TableMsg { flags: None }, MsgType::Del);
+                batch.add(&TableMsg { flags }, MsgType::Add);
+            }
         }
         let layout = layout(rules);
         let chains: Vec<Chain<'_>> = layout.iter().map(|(spec, _)| spec.chain(&table)).collect();
@@ -213,10 +430,8 @@ impl Nftables {
             Install::Create => Some(NFT_MSG_NEWTABLE),
             Install::Replace => None,
         };
-        let mut sock = Socket::open().map_err(FirewallError::Socket)?;
-        let sent = send_batch(&mut sock, &batch.finalize(), exclusive);
-        self.batch_socket = Some(sock);
-        sent.map_err(FirewallError::BatchRejected)
+        let sent = self.send_finalized(&batch.finalize(), exclusive);
+        sent.map_err(|e| refused(self, e, FirewallError::BatchRejected))
     }
 }
 

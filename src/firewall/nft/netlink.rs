@@ -298,6 +298,13 @@ impl Socket {
         })
     }
 
+    /// The port id the kernel bound this socket to: what nf_tables records
+    /// as the owner of a table created through it, and what its
+    /// notifications carry as their sender.
+    pub fn portid(&self) -> u32 {
+        self.sock.portid()
+    }
+
     /// Make room for a batch of `len` bytes that up to `answers` messages
     /// may answer (one ack, but an error for each message a bad batch
     /// fails). The batch must fit the send buffer whole (it cannot be

@@ -188,9 +188,13 @@ mod tests {
     #[test]
     fn proxy_help_shows_the_default_settings() {
         let mut cmd = Cli::command();
+        // A fixed width: clap wraps to the terminal (COLUMNS), and a wrapped
+        // setting's comment would read as a line of its own.
         let help = cmd
             .find_subcommand_mut("proxy")
             .expect("proxy subcommand")
+            .clone()
+            .term_width(200)
             .render_help()
             .to_string();
         let settings: Vec<&str> = help

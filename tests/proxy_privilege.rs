@@ -5,7 +5,9 @@
 mod common;
 mod proxy_support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use std::process::Command;
 
 use common::{require_root, sh, Netns};
 use proxy_support::*;
@@ -41,9 +43,52 @@ fn served_on_80(ns: &Netns) {
     round_trip(&mut c, b"through port 80 over IPv6").expect("echo through [::1]:80");
 }
 
+/// Is `path` on a nosuid mount (where the kernel ignores file capabilities)?
+fn on_nosuid_mount(path: &Path) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: statvfs writes only into the zeroed struct; `c` is NUL-terminated.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        assert_eq!(
+            libc::statvfs(c.as_ptr(), &mut st),
+            0,
+            "statvfs {}",
+            path.display()
+        );
+        st.f_flag & libc::ST_NOSUID != 0
+    }
+}
+
+/// A directory that user nobody can reach, removed on drop.
+struct OwnDir(PathBuf);
+
+impl Drop for OwnDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A directory for a capable copy of the binary, on a filesystem that
+/// honours file capabilities: /tmp is a nosuid tmpfs on Debian 13.
+fn suid_capable_dir(tag: &str) -> OwnDir {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let bases = [
+        Path::new("/var/tmp"),
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+    ];
+    let base = bases
+        .iter()
+        .find(|b| b.is_dir() && !on_nosuid_mount(b) && common::runnable_by_anyone(b) == **b)
+        .unwrap_or_else(|| panic!("no directory without nosuid that nobody can reach: {bases:?}"));
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = base.join(format!("lp-{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    set_mode(&dir, 0o755);
+    OwnDir(dir)
+}
+
 /// A copy of the binary that nobody can run, with cap_net_bind_service=+ep.
-fn capable_binary() -> (PathBuf, PathBuf) {
-    let dir = temp_dir("cap");
+fn capable_binary_in(dir: &Path) -> PathBuf {
     let bin = dir.join("lowport");
     std::fs::copy(common::lowport_bin(), &bin).expect("copy binary");
     set_mode(&bin, 0o755);
@@ -51,6 +96,12 @@ fn capable_binary() -> (PathBuf, PathBuf) {
         "setcap",
         &["cap_net_bind_service=+ep", bin.to_str().expect("path")],
     );
+    bin
+}
+
+fn capable_binary() -> (OwnDir, PathBuf) {
+    let dir = suid_capable_dir("cap");
+    let bin = capable_binary_in(&dir.0);
     (dir, bin)
 }
 
@@ -62,7 +113,7 @@ fn file_capability_binds_80_then_drops_everything() {
     let ns = Netns::new("pxcap");
     echo_server(&ns, "127.0.0.1:8080");
     let (dir, bin) = capable_binary();
-    let cfg = write_config(&dir, "mappings:\n  - listen: 80\n    to: 8080\n");
+    let cfg = write_config(&dir.0, "mappings:\n  - listen: 80\n    to: 8080\n");
     let mut launch = Launch::new(&ns, &cfg);
     launch.binary = bin;
     let proxy = launch.start();
@@ -100,6 +151,52 @@ fn started_as_root_switches_to_nobody() {
         "bounding set cleared"
     );
     served_on_80(&ns);
+}
+
+/// A tmpfs mounted nosuid for one test; unmounted on drop.
+struct NosuidMount(OwnDir);
+
+impl Drop for NosuidMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0 .0).status();
+    }
+}
+
+/// On a nosuid mount the kernel ignores the binary's capability: the bind
+/// error says so instead of suggesting the setcap that is already there.
+#[test]
+fn capable_binary_on_a_nosuid_mount_is_told_so() {
+    if !require_root("capable_binary_on_a_nosuid_mount_is_told_so") {
+        return;
+    }
+    let mount = NosuidMount(suid_capable_dir("nosuid"));
+    let dir = mount.0 .0.clone();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "nosuid,mode=755",
+            "lp-nosuid",
+            dir.to_str().expect("path"),
+        ],
+    );
+    assert!(on_nosuid_mount(&dir));
+    let bin = capable_binary_in(&dir);
+    let cfg = write_config(&dir, "mappings:\n  - listen: 80\n    to: 8080\n");
+    let ns = Netns::new("pxnosuid");
+    let out = ns
+        .command("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(&bin)
+        .args(["-c", cfg.to_str().expect("path"), "proxy"])
+        .output()
+        .expect("run lowport");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nosuid"), "{stderr}");
+    assert!(!stderr.contains("setcap cap_net_bind_service"), "{stderr}");
 }
 
 #[test]

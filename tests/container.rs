@@ -18,13 +18,25 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// What the root holds besides the `apt` variant's essentials: systemd as
 /// init, both firewalls; the package's own dependencies (libnftnl, libmnl)
-/// come with nftables.
-const PACKAGES: &[&str] = &["systemd", "systemd-sysv", "nftables", "iptables"];
+/// come with nftables. iproute2, procps and libcap2-bin are for the root
+/// tests run on Debian 13 (`ip netns`, `sysctl`, `setcap`, `conntrack`).
+const PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "nftables",
+    "iptables",
+    "iproute2",
+    "procps",
+    "libcap2-bin",
+    "conntrack",
+];
+/// The release the suite is also run on, from the same mirror.
+const OTHER_RELEASE: &str = "trixie";
 const CACHE_DIR: &str = "/var/cache/lowport-test";
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -127,8 +139,20 @@ fn host_mirror() -> Result<(String, String), String> {
 
 /// A cached root tarball for `release`, built on first use.
 fn root_tarball(release: &str) -> PathBuf {
-    static BUILDING: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    // One build per release at a time; different releases build at once.
+    static BUILDING: Mutex<Vec<(String, Arc<Mutex<()>>)>> = Mutex::new(Vec::new());
+    let lock = {
+        let mut all = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+        match all.iter().find(|(r, _)| r == release) {
+            Some((_, l)) => Arc::clone(l),
+            None => {
+                let l = Arc::new(Mutex::new(()));
+                all.push((release.to_owned(), Arc::clone(&l)));
+                l
+            }
+        }
+    };
+    let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
     let (_, mirror) = host_mirror().expect("mirror");
     // FNV-1a: a stable key for the mirror and package list.
     let mut hash: u64 = 0xcbf29ce484222325;
@@ -156,6 +180,13 @@ fn root_tarball(release: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::rename(&partial, &path).expect("store the root tarball");
+    // Older roots of this release (another package list or mirror) go.
+    for e in std::fs::read_dir(CACHE_DIR).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{release}-")) && e.path() != path {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     eprintln!("built {} in {:.0?}", path.display(), started.elapsed());
     path
 }
@@ -194,10 +225,16 @@ struct Container {
     dir: PathBuf,
     nspawn: Option<Child>,
     leader: u32,
+    options: Vec<String>,
 }
 
 impl Container {
     fn boot(release: &str) -> Container {
+        Container::boot_with(release, &[])
+    }
+
+    /// Boot with extra systemd-nspawn options (such as --bind-ro=).
+    fn boot_with(release: &str, options: &[String]) -> Container {
         let tarball = root_tarball(release);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // /var/tmp, not /tmp: a private directory outside any tmpfs.
@@ -207,6 +244,7 @@ impl Container {
             dir,
             nspawn: None,
             leader: 0,
+            options: options.to_vec(),
         };
         common::sh(
             "tar",
@@ -234,6 +272,7 @@ impl Container {
                 "--register=no",
                 "--keep-unit",
             ])
+            .args(&self.options)
             .args(["--console=pipe", "-D"])
             .arg(&self.dir)
             .stdin(Stdio::null())
@@ -685,4 +724,70 @@ fn rules_unit_at_boot_through_firewall_restarts_and_purge() {
     }
     let (release, _) = host_mirror().expect("mirror");
     rules_unit_lifecycle(&release);
+}
+
+#[test]
+fn rules_unit_on_debian_13() {
+    if !require_container("rules_unit_on_debian_13") {
+        return;
+    }
+    rules_unit_lifecycle(OTHER_RELEASE);
+}
+
+/// The newest build of test binary `name` (target/<profile>/deps/name-HASH).
+fn test_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("deps dir");
+    std::fs::read_dir(deps)
+        .expect("read deps dir")
+        .flatten()
+        .filter(|e| {
+            let f = e.file_name().to_string_lossy().into_owned();
+            f.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|hash| hash.chars().all(|c| c.is_ascii_hexdigit()))
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+        .unwrap_or_else(|| {
+            panic!(
+                "no test binary {name} in {}: run the whole suite",
+                deps.display()
+            )
+        })
+}
+
+/// The root tests that depend on the release (nft's listing, /tmp mounted
+/// nosuid, systemd's socket activation, iptables) run on Debian 13 too:
+/// the checkout is bound read-only at its own path, so the test binaries
+/// find lowport, the examples and the golden listings where they were built.
+#[test]
+fn root_tests_pass_on_debian_13() {
+    if !require_container("root_tests_pass_on_debian_13") {
+        return;
+    }
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    let binaries: Vec<PathBuf> = [
+        "rules_nft",
+        "nft_backend",
+        "iptables_backend",
+        "proxy_privilege",
+        "config_files",
+    ]
+    .iter()
+    .map(|n| test_binary(n))
+    .collect();
+    let c = Container::boot_with(OTHER_RELEASE, &[format!("--bind-ro={manifest}")]);
+    let mut failed = String::new();
+    for bin in &binaries {
+        let out = c.run(&format!(
+            "cd / && CI=true {} --test-threads=2 2>&1",
+            bin.display()
+        ));
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || text.contains("SKIPPED") {
+            failed.push_str(&format!("{} on {OTHER_RELEASE}:\n{text}\n", bin.display()));
+        }
+    }
+    assert!(failed.is_empty(), "{failed}");
 }

@@ -658,6 +658,19 @@ fn rules_unit_lifecycle(release: &str) {
     c.wait_served("127.0.0.1:80");
     eprintln!("{release}: {}", c.exposure("lowport-rules.service"));
 
+    // An upgrade (the same package again) keeps the admin's config and the
+    // rules.
+    let config = c.ok("cat /etc/lowport/lowport.yaml");
+    c.install_package();
+    assert_eq!(
+        c.ok("cat /etc/lowport/lowport.yaml"),
+        config,
+        "upgrade changed the config"
+    );
+    assert_eq!(c.prop("lowport-rules.service", "ActiveState"), "active");
+    assert!(table_present(&c), "no lowport table after the upgrade");
+    c.wait_served("127.0.0.1:80");
+
     for action in ["restart", "reload"] {
         c.ok(&format!("systemctl {action} nftables.service"));
         c.wait_ok("nft list table inet lowport");
@@ -695,8 +708,11 @@ fn rules_unit_lifecycle(release: &str) {
     assert_eq!(c.prop("lowport-rules.service", "Result"), "success");
     assert_clean_journal(&c, "lowport-rules.service");
 
-    // Purge with the rules in place: nothing of lowport is left.
+    // Purge with rules in place, from the unit (iptables-legacy) and by
+    // hand (nftables): nothing of lowport is left.
+    c.ok("lowport rules apply --backend nftables");
     c.ok("systemctl start lowport-rules.service");
+    assert!(table_present(&c));
     assert_eq!(c.sysctl(localnet), "1");
     c.ok("apt-get purge -y -q lowport");
     assert!(!c.ok("iptables-legacy-save -t nat").contains("lowport"));

@@ -325,7 +325,7 @@ impl Container {
         loop {
             let out = self.run("systemctl is-system-running --wait");
             let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if state == "running" {
+            if state == "running" || (state == "degraded" && self.only_tolerated_failures()) {
                 return;
             }
             assert!(
@@ -337,6 +337,20 @@ impl Container {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// A boot is good enough when nothing of lowport (or the test's
+    /// backend) failed: in a container, under load, units about the
+    /// kernel-wide state nspawn keeps read-only (systemd-sysctl,
+    /// systemd-remount-fs) fail now and then; the tests check lowport's own
+    /// units explicitly.
+    fn only_tolerated_failures(&self) -> bool {
+        let out = self.run("systemctl list-units --failed --plain --no-legend");
+        let failed = String::from_utf8_lossy(&out.stdout);
+        failed
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .all(|unit| !unit.starts_with("lowport") && !unit.starts_with("lp-test"))
     }
 
     /// Run a shell command in the container (all its namespaces).
@@ -392,6 +406,21 @@ impl Container {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Wait until systemd has no job queued: `systemctl restart nftables`
+    /// returns when nftables is done, while the restart it propagates to
+    /// lowport-rules (PartOf=) may still run.
+    fn wait_jobs_done(&self) {
+        self.wait_ok("test -z \"$(systemctl list-jobs --no-legend)\"");
+        // A oneshot's cgroup is removed after its process exits; a reload
+        // in that moment fails on a hybrid (v1) cgroup host with "Failed to
+        // attach to cgroup ... status=219/CGROUP" (a systemd race, not
+        // lowport's), so wait for the removal.
+        self.wait_ok(
+            "for h in systemd/ unified/ ''; do \
+             ! test -e /sys/fs/cgroup/${h}system.slice/lowport-rules.service || exit 1; done",
+        );
     }
 
     /// Run `f` on a thread inside the container's network namespace.
@@ -673,12 +702,17 @@ fn rules_unit_lifecycle(release: &str) {
 
     for action in ["restart", "reload"] {
         c.ok(&format!("systemctl {action} nftables.service"));
+        c.wait_jobs_done();
         c.wait_ok("nft list table inet lowport");
         assert_eq!(c.prop("lowport-rules.service", "ActiveState"), "active");
         c.wait_served("127.0.0.1:80");
     }
     c.ok("systemctl stop lowport-rules.service");
-    assert!(!table_present(&c), "the table outlived the unit's stop");
+    assert!(
+        !table_present(&c),
+        "the table outlived the unit's stop:\n{}",
+        c.ok("journalctl -b --no-pager -u lowport-rules.service -u nftables.service")
+    );
     assert_eq!(
         c.sysctl(localnet),
         "0",
@@ -698,6 +732,7 @@ fn rules_unit_lifecycle(release: &str) {
     assert_eq!(c.sysctl(localnet), "1");
     c.wait_served("127.0.0.1:80");
     c.ok("systemctl restart nftables.service");
+    c.wait_jobs_done();
     c.wait_served("127.0.0.1:80");
     c.ok("systemctl stop lowport-rules.service");
     assert!(
@@ -795,9 +830,11 @@ fn root_tests_pass_on_debian_13() {
     .collect();
     let c = Container::boot_with(OTHER_RELEASE, &[format!("--bind-ro={manifest}")]);
     let mut failed = String::new();
+    // One test at a time: the tests call iptables-legacy without -w, which
+    // fails instead of waiting while another test holds the xtables lock.
     for bin in &binaries {
         let out = c.run(&format!(
-            "cd / && CI=true {} --test-threads=2 2>&1",
+            "cd / && CI=true {} --test-threads=1 2>&1",
             bin.display()
         ));
         let text = String::from_utf8_lossy(&out.stdout);

@@ -71,7 +71,7 @@ fn rules_unit_reapplies_after_firewall_reload_and_removes_on_stop() {
         "ReloadPropagatedFrom=nftables.service",
         "ExecStart=/usr/bin/lowport -c /etc/lowport/lowport.yaml rules apply",
         "ExecReload=/usr/bin/lowport -c /etc/lowport/lowport.yaml rules apply",
-        "ExecStop=/usr/bin/lowport -c /etc/lowport/lowport.yaml rules remove",
+        "ExecStopPost=/usr/bin/lowport -c /etc/lowport/lowport.yaml rules remove",
     ] {
         assert!(
             text.contains(needle),

@@ -108,7 +108,10 @@ A log filter (e.g. debug) that overrides \fB\-v\fR and \fB\-q\fR.
 The default configuration file.
 .TP
 lowport\-rules.service, lowport\-proxy.service, lowport\-proxy.socket
-systemd units shipped in dist/systemd: rules applied at boot and again after a firewall reload; the proxy with only CAP_NET_BIND_SERVICE, or socket\-activated with none.
+systemd units (dist/systemd; the Debian package installs them, disabled, in /usr/lib/systemd/system): rules applied at boot and again after a firewall reload; the proxy with only CAP_NET_BIND_SERVICE, or socket\-activated with none.
+.TP
+/usr/share/doc/lowport/examples/
+Documented configurations for the common cases (the Debian package).
 .SH SEE ALSO
 nft(8), iptables\-restore(8), setcap(8), capabilities(7), systemd.socket(5)
 "#;

@@ -191,31 +191,33 @@ fn root_tarball(release: &str) -> PathBuf {
     path
 }
 
-/// The package, built once per test process from the binary under test.
-fn package() -> &'static Path {
-    static DEB: OnceLock<PathBuf> = OnceLock::new();
+/// The package, built once per test process from the binary under test,
+/// kept in memory (each container gets its own copy; no file outlives the
+/// test process).
+fn package() -> &'static [u8] {
+    static DEB: OnceLock<Vec<u8>> = OnceLock::new();
     DEB.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("lowport-deb-{}", std::process::id()));
         // --no-build: the binary is the one `cargo test` just built (this
         // process holds cargo's build lock).
         let out = cargo(&["deb", "--no-build", "--output", dir.to_str().expect("path")])
             .expect("run cargo deb");
+        let deb = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"));
+        let bytes = deb.as_ref().map(std::fs::read);
+        let _ = std::fs::remove_dir_all(&dir);
         assert!(
             out.status.success(),
             "cargo deb failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let deb = std::fs::read_dir(&dir)
-            .expect("cargo deb output")
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .expect("a .deb");
-        let bytes = std::fs::read(&deb).expect("read the .deb");
-        let _ = std::fs::remove_dir_all(&dir);
-        let kept = std::env::temp_dir().join(format!("lowport-{}.deb", std::process::id()));
-        std::fs::write(&kept, bytes).expect("keep the .deb");
-        kept
+        bytes
+            .expect("cargo deb made no .deb")
+            .expect("read the .deb")
     })
 }
 
@@ -258,7 +260,7 @@ impl Container {
         let test_dir = c.dir.join("opt/lp-test");
         std::fs::create_dir_all(&test_dir).expect("mkdir opt/lp-test");
         std::fs::copy(common::backend_bin(), test_dir.join("backend")).expect("copy the backend");
-        std::fs::copy(package(), test_dir.join("pkg.deb")).expect("copy the package");
+        std::fs::write(test_dir.join("pkg.deb"), package()).expect("copy the package");
         c.start();
         c
     }

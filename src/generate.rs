@@ -119,7 +119,10 @@ A log filter (e.g. debug) that overrides \fB\-v\fR and \fB\-q\fR.
 The default configuration file.
 .TP
 lowport\-rules\-watch.service, lowport\-rules.service, lowport\-proxy.service, lowport\-proxy.socket
-systemd units shipped in dist/systemd: \fBrules watch\fR (Type=notify), which keeps the rules in force through firewall reloads; rules applied once at boot and again after an nftables.service reload; the proxy with only CAP_NET_BIND_SERVICE, or socket\-activated with none.
+systemd units (dist/systemd; the Debian package installs them, disabled, in /usr/lib/systemd/system): \fBrules watch\fR (Type=notify), which keeps the rules in force through firewall reloads; rules applied once at boot and again after an nftables.service reload; the proxy with only CAP_NET_BIND_SERVICE, or socket\-activated with none.
+.TP
+/usr/share/doc/lowport/examples/
+Documented configurations for the common cases (the Debian package).
 .SH SEE ALSO
 nft(8), iptables\-restore(8), setcap(8), capabilities(7), systemd.socket(5)
 "#;
@@ -199,9 +202,13 @@ mod tests {
     #[test]
     fn proxy_help_shows_the_default_settings() {
         let mut cmd = Cli::command();
+        // A fixed width: clap wraps to the terminal (COLUMNS), and a wrapped
+        // setting's comment would read as a line of its own.
         let help = cmd
             .find_subcommand_mut("proxy")
             .expect("proxy subcommand")
+            .clone()
+            .term_width(200)
             .render_help()
             .to_string();
         let settings: Vec<&str> = help

@@ -111,7 +111,12 @@ fn unknown_subcommand_is_exit_2_and_help_teaches() {
     let bin = env!("CARGO_BIN_EXE_lowport");
     let out = Command::new(bin).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(bin).arg("--help").output().unwrap();
+    // Whatever the terminal's width: clap wraps help to COLUMNS.
+    let out = Command::new(bin)
+        .arg("--help")
+        .env("COLUMNS", "200")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     for needle in ["rules", "-m, --map", "EXIT STATUS", "80:8080"] {

@@ -107,20 +107,33 @@ fn root_config_dir(tag: &str) -> TempDir {
 /// A copy of the binary that anybody can run, with cap_net_bind_service=+ep,
 /// on a filesystem that honours file capabilities (a nosuid /tmp does not).
 fn capable_binary() -> (TempDir, PathBuf) {
+    let dir = suid_capable_dir("cap");
+    let bin = capable_binary_in(&dir.0);
+    (dir, bin)
+}
+
+/// A fresh directory that nobody can reach, on a filesystem that honours
+/// file capabilities (/tmp is a nosuid tmpfs on Debian 13).
+fn suid_capable_dir(tag: &str) -> TempDir {
     let bases = [
         std::env::temp_dir(),
         PathBuf::from("/var/tmp"),
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
     ];
-    let dir = fresh_dir("cap", &bases, |b| honours_file_caps(b) && reachable(b));
-    let bin = dir.0.join("lowport");
+    fresh_dir(tag, &bases, |b| honours_file_caps(b) && reachable(b))
+}
+
+/// A copy of the binary in `dir` that anybody can run, with
+/// cap_net_bind_service=+ep.
+fn capable_binary_in(dir: &Path) -> PathBuf {
+    let bin = dir.join("lowport");
     std::fs::copy(common::lowport_bin(), &bin).expect("copy binary");
     set_mode(&bin, 0o755);
     sh(
         "setcap",
         &["cap_net_bind_service=+ep", bin.to_str().expect("path")],
     );
-    (dir, bin)
+    bin
 }
 
 #[test]
@@ -170,6 +183,55 @@ fn started_as_root_switches_to_nobody() {
         "bounding set cleared"
     );
     served_on_80(&ns);
+}
+
+/// A tmpfs mounted nosuid for one test; unmounted on drop.
+struct NosuidMount(TempDir);
+
+impl Drop for NosuidMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0 .0)
+            .status();
+    }
+}
+
+/// On a nosuid mount the kernel ignores the binary's capability: the bind
+/// error says so instead of suggesting the setcap that is already there.
+#[test]
+fn capable_binary_on_a_nosuid_mount_is_told_so() {
+    if !require_root("capable_binary_on_a_nosuid_mount_is_told_so") {
+        return;
+    }
+    let mount = NosuidMount(suid_capable_dir("nosuid"));
+    let dir = mount.0 .0.clone();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "nosuid,mode=755",
+            "lp-nosuid",
+            dir.to_str().expect("path"),
+        ],
+    );
+    assert!(!honours_file_caps(&dir));
+    let bin = capable_binary_in(&dir);
+    let cfg = write_config(&dir, "mappings:\n  - listen: 80\n    to: 8080\n");
+    let ns = Netns::new("pxnosuid");
+    let out = ns
+        .command("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(&bin)
+        .args(["-c", cfg.to_str().expect("path"), "proxy"])
+        .output()
+        .expect("run lowport");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nosuid"), "{stderr}");
+    assert!(!stderr.contains("setcap cap_net_bind_service"), "{stderr}");
 }
 
 #[test]

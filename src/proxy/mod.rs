@@ -182,8 +182,24 @@ pub fn bind_all(config: &Config) -> Result<Vec<BoundListener>, ProxyError> {
     Ok(out)
 }
 
+/// Is the running binary on a nosuid mount? There a file capability is
+/// ignored, so suggesting setcap would mislead.
+fn exe_on_nosuid_mount() -> bool {
+    // SAFETY: statvfs writes only into the zeroed struct it is given; the
+    // path is a NUL-terminated literal (statvfs follows the /proc link).
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        libc::statvfs(c"/proc/self/exe".as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_NOSUID != 0
+    }
+}
+
 fn bind_error(m: &Mapping, source: io::Error) -> ProxyError {
     let hint = match source.raw_os_error() {
+        Some(libc::EACCES) if exe_on_nosuid_mount() => {
+            "; this binary is on a nosuid mount, where the kernel ignores file capabilities \
+             (setcap cannot help there): run it from a filesystem without nosuid, start it as \
+             root, use AmbientCapabilities= or socket activation"
+        }
         Some(libc::EACCES) => {
             "; ports below 1024 need CAP_NET_BIND_SERVICE: start as root, give the binary \
              `setcap cap_net_bind_service=+ep`, use AmbientCapabilities= or socket activation"

@@ -709,8 +709,8 @@ fn watch_unit_is_type_notify_and_reloads_with_sighup() {
     let text = std::fs::read_to_string(path).expect("the unit");
     for needle in [
         "Type=notify",
-        "ExecStart=/usr/local/bin/lowport -c /etc/lowport/lowport.yaml rules watch",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecStart=/usr/bin/lowport -c /etc/lowport/lowport.yaml rules watch",
+        "ExecReload=/bin/sh -c 'kill -HUP \"$MAINPID\"'",
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_DAC_OVERRIDE",
         "NoNewPrivileges=yes",
         "Conflicts=lowport-rules.service",

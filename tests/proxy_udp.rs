@@ -23,6 +23,31 @@ const ECHO: u8 = b'e';
 const SINK: u8 = b's';
 /// Answer with 10 datagrams, 300 ms apart, and nothing else.
 const TALK: u8 = b't';
+/// Echo it as one GSO send of 1200-byte segments (the sender's kernel
+/// keeps the batch whole on loopback, and a receiver with UDP GRO gets it
+/// whole: the relay must hand on the segments, not one merged datagram).
+const GSO: u8 = b'g';
+
+/// Set UDP_SEGMENT (GSO) on a socket: every send is cut into `size`-byte
+/// datagrams; 0 turns it off.
+fn set_gso(s: &UdpSocket, size: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket we own, with a c_int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 /// A UDP backend in a namespace: echoes, swallows or talks (see above),
 /// and records the source address of every datagram. Stopped (its port
@@ -54,6 +79,11 @@ impl Backend {
                 v.lock().expect("seen").push((from, n));
                 match buf.first() {
                     Some(&SINK) => {}
+                    Some(&GSO) => {
+                        let _ = set_gso(&sock, 1200);
+                        let _ = sock.send_to(&buf[..n], from);
+                        let _ = set_gso(&sock, 0);
+                    }
                     Some(&TALK) => {
                         let sock = Arc::clone(&sock);
                         std::thread::spawn(move || {
@@ -263,6 +293,58 @@ fn datagrams_arrive_whole_and_in_order_with_exact_counts() {
     assert_eq!(c["udp_bytes_to_backend"], bytes, "{c:?}");
     assert_eq!(c["udp_bytes_to_client"], bytes, "{c:?}");
     assert_eq!(c["udp_dropped_send"], 0, "{c:?}");
+}
+
+/// Batches sent with GSO, by the client and by the backend, reach the
+/// far end as the datagrams that were sent: never merged, never more.
+#[test]
+fn gso_batches_arrive_as_the_datagrams_sent() {
+    if !require_root("gso_batches_arrive_as_the_datagrams_sent") {
+        return;
+    }
+    let ns = Netns::new("pxudpgso");
+    let backend = Backend::start(&ns, "127.0.0.1:8443");
+    let (_dir, cfg) = udp_config("udpgso", "");
+    let proxy = Launch::new(&ns, &cfg).start();
+    let to: SocketAddr = "127.0.0.1:9443".parse().expect("addr");
+    let s = client(&ns, "127.0.0.1:0");
+    // 10 full segments and a short one, in each direction.
+    let mut batch = datagram(1, 1, 12_500);
+    for (i, seg) in batch.chunks_mut(1200).enumerate() {
+        seg[0] = ECHO;
+        seg[1] = i as u8;
+    }
+    set_gso(&s, 1200).expect("UDP_SEGMENT");
+    s.send_to(&batch, to).expect("send a GSO batch");
+    set_gso(&s, 0).expect("UDP_SEGMENT off");
+    for (i, seg) in batch.chunks(1200).enumerate() {
+        let (d, _) = recv(&s).unwrap_or_else(|e| panic!("segment {i}: {e}"));
+        assert_eq!(d, seg, "segment {i}");
+    }
+    assert!(
+        silent(&s, Duration::from_millis(300)),
+        "more datagrams than sent"
+    );
+    assert_eq!(
+        backend.count(),
+        11,
+        "the backend got the batch cut differently"
+    );
+
+    let mut batch = datagram(2, 1, 12_500);
+    batch[0] = GSO;
+    s.send_to(&batch, to).expect("ask for a GSO answer");
+    for (i, seg) in batch.chunks(1200).enumerate() {
+        let (d, _) = recv(&s).unwrap_or_else(|e| panic!("answer segment {i}: {e}"));
+        assert_eq!(d, seg, "answer segment {i}");
+    }
+    assert!(
+        silent(&s, Duration::from_millis(300)),
+        "more datagrams than sent"
+    );
+    let c = counters(&proxy);
+    assert_eq!(c["udp_datagrams_to_backend"], 12, "{c:?}");
+    assert_eq!(c["udp_datagrams_to_client"], 22, "{c:?}");
 }
 
 /// A wildcard listener on a host with two addresses: a client whose

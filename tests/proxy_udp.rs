@@ -554,6 +554,18 @@ fn sighup_adds_and_removes_udp_mappings() {
     // The live flow never changed its source port.
     let ports = backend.ports();
     assert_eq!(ports.len(), 2, "{ports:?}");
+
+    // SIGTERM: UDP has no end of stream to wait for; the flows close and
+    // the proxy exits at once.
+    let mut proxy = proxy;
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    live.send_to(&datagram(1, 4, 10), "127.0.0.1:9443")
+        .expect("send");
+    assert!(
+        silent(&live, Duration::from_millis(300)),
+        "served after SIGTERM"
+    );
 }
 
 /// `protocol: both` serves TCP and UDP on one port.

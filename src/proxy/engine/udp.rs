@@ -535,3 +535,16 @@ fn flow_socket(target: SocketAddr) -> Result<(UdpSocket, UdpSocketState), (bool,
     relay_options(&sock, target.is_ipv6());
     Ok((sock, state))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle flow is a socket, this entry and its slot in the listener's
+    /// table: no buffer. The size is what a boxed entry costs on the heap.
+    #[test]
+    fn an_idle_flow_stays_small() {
+        let size = std::mem::size_of::<Flow>();
+        assert!(size <= 256, "a flow is {size} bytes");
+    }
+}

@@ -80,6 +80,9 @@ pub(super) struct Flow {
 pub(super) struct Udp {
     slots: Box<[u8]>,
     flows: usize,
+    /// A flow's socket could not be made, and that was logged: said once
+    /// until a flow opens again (a flood would log every datagram).
+    starved: bool,
 }
 
 impl Udp {
@@ -87,6 +90,7 @@ impl Udp {
         Udp {
             slots: vec![0u8; SLOT * BATCH_SIZE].into_boxed_slice(),
             flows: 0,
+            starved: false,
         }
     }
 }
@@ -379,8 +383,8 @@ impl Engine {
             Ok(s) => s,
             Err((sock, e)) => {
                 inc(&self.stats.udp.dropped_no_socket);
-                if sock {
-                    warn!(client = %unmap(client), mapping = %label, "no UDP socket for a new flow: {e}; datagram dropped");
+                if sock && !std::mem::replace(&mut self.udp.starved, true) {
+                    warn!(client = %unmap(client), mapping = %label, "no UDP socket for a new flow: {e}; datagrams from new clients are dropped (and counted) until one can be made");
                 } else {
                     debug!(client = %unmap(client), mapping = %label, "UDP flow to {target}: {e}; datagram dropped");
                 }
@@ -418,6 +422,7 @@ impl Engine {
             l.flows.insert(client, flow_key);
         }
         self.udp.flows += 1;
+        self.udp.starved = false;
         inc(&self.stats.udp.flows_opened);
         self.stats.udp.flows_active.fetch_add(1, Ordering::Relaxed);
         debug!(client = %unmap(client), mapping = %label, "UDP flow opened to {target}");

@@ -79,6 +79,8 @@ pub(super) struct Flow {
 /// The engine's UDP state: one set of receive slots for every socket.
 pub(super) struct Udp {
     slots: Box<[u8]>,
+    /// A run of datagrams gathered into one GSO send.
+    run: Vec<u8>,
     flows: usize,
     /// A flow's socket could not be made, and that was logged: said once
     /// until a flow opens again (a flood would log every datagram).
@@ -89,6 +91,7 @@ impl Udp {
     pub(super) fn new() -> Udp {
         Udp {
             slots: vec![0u8; SLOT * BATCH_SIZE].into_boxed_slice(),
+            run: Vec::with_capacity(MAX_RUN),
             flows: 0,
             starved: false,
         }
@@ -126,6 +129,66 @@ fn relay_options(sock: &UdpSocket, v6: bool) {
         );
         set(libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
     }
+}
+
+/// The most payload gathered into one GSO send (the kernel refuses a
+/// send whose UDP length would pass 65,535 bytes).
+const MAX_RUN: usize = 65_000;
+/// The most datagrams in one GSO send (the kernel's UDP_MAX_SEGMENTS).
+const MAX_RUN_DATAGRAMS: usize = 64;
+
+/// Where the run of reads that starts at `start` ends: single datagrams
+/// from one sender, to one address, with one ECN mark, all of the first's
+/// size but the last, which may be shorter. A recvmmsg batch from a busy
+/// client (loopback has no GRO) leaves as one GSO send instead of one
+/// sendmsg per datagram; the receiver still gets each datagram on its own.
+fn run_end(meta: &[RecvMeta], start: usize) -> usize {
+    let first = &meta[start];
+    if first.len == 0 || first.stride != first.len {
+        return start + 1;
+    }
+    let (mut end, mut total) = (start + 1, first.len);
+    while let Some(m) = meta.get(end) {
+        if m.addr != first.addr
+            || m.dst_ip != first.dst_ip
+            || m.ecn != first.ecn
+            || m.len == 0
+            || m.stride != m.len
+            || m.len > first.len
+            || total + m.len > MAX_RUN
+            || end - start >= MAX_RUN_DATAGRAMS
+        {
+            break;
+        }
+        total += m.len;
+        end += 1;
+        if m.len < first.len {
+            break;
+        }
+    }
+    end
+}
+
+/// The reads `start..end` of a batch as one read: the slot itself, or the
+/// datagrams gathered into `run`, with a meta that says their stride.
+fn gather<'a>(
+    meta: &[RecvMeta],
+    slots: &'a [u8],
+    run: &'a mut Vec<u8>,
+    start: usize,
+    end: usize,
+) -> (RecvMeta, &'a [u8]) {
+    let mut m = meta[start];
+    if end == start + 1 {
+        return (m, &slots[start * SLOT..start * SLOT + m.len]);
+    }
+    run.clear();
+    for (i, r) in meta.iter().enumerate().take(end).skip(start) {
+        run.extend_from_slice(&slots[i * SLOT..i * SLOT + r.len]);
+    }
+    m.stride = m.len;
+    m.len = run.len();
+    (m, run.as_slice())
 }
 
 /// How many datagrams a read holds: a GRO batch is `len / stride` rounded
@@ -310,6 +373,7 @@ impl Engine {
     /// and send each on its client's flow.
     pub(super) fn udp_listener_ready(&mut self, key: usize) {
         let mut slots = std::mem::take(&mut self.udp.slots);
+        let mut run = std::mem::take(&mut self.udp.run);
         let mut meta = [RecvMeta::default(); BATCH_SIZE];
         while let Some(Entry::UdpListener(l)) = self.entries.get(key) {
             let n = match l
@@ -326,12 +390,16 @@ impl Engine {
                     break;
                 }
             };
-            for (i, m) in meta.iter().take(n).enumerate() {
-                let contents = &slots[i * SLOT..i * SLOT + m.len];
-                self.client_datagrams(key, m, contents);
+            let mut i = 0;
+            while i < n {
+                let end = run_end(&meta[..n], i);
+                let (m, contents) = gather(&meta, &slots, &mut run, i, end);
+                self.client_datagrams(key, &m, contents);
+                i = end;
             }
         }
         self.udp.slots = slots;
+        self.udp.run = run;
     }
 
     /// One read from a client (one datagram, or a GRO batch of them).
@@ -433,6 +501,7 @@ impl Engine {
     /// it to the client from the listening socket.
     pub(super) fn flow_ready(&mut self, key: usize) {
         let mut slots = std::mem::take(&mut self.udp.slots);
+        let mut run = std::mem::take(&mut self.udp.run);
         let mut meta = [RecvMeta::default(); BATCH_SIZE];
         let mut moved = false;
         while let Some(Entry::Flow(f)) = self.entries.get(key) {
@@ -460,17 +529,21 @@ impl Engine {
                 break;
             }
             let s = &self.stats.udp;
-            for (i, m) in meta.iter().take(n).enumerate() {
-                let contents = &slots[i * SLOT..i * SLOT + m.len];
-                let (dropped, _) = send(&l.state, &l.sock, f.client, f.local, m, contents);
-                let count = datagrams(m);
+            let mut i = 0;
+            while i < n {
+                let end = run_end(&meta[..n], i);
+                let (m, contents) = gather(&meta, &slots, &mut run, i, end);
+                let (dropped, _) = send(&l.state, &l.sock, f.client, f.local, &m, contents);
+                let count = datagrams(&m);
                 add(&s.datagrams_to_client, count - dropped.min(count));
                 add(&s.bytes_to_client, contents.len() as u64);
                 add(&s.dropped_send, dropped);
                 moved = true;
+                i = end;
             }
         }
         self.udp.slots = slots;
+        self.udp.run = run;
         if moved {
             if let Some(Entry::Flow(f)) = self.entries.get_mut(key) {
                 f.last_active = self.now;

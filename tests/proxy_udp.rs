@@ -189,8 +189,30 @@ fn counters(proxy: &Proxy) -> HashMap<String, u64> {
         .collect()
 }
 
-fn udp_config(dir_tag: &str, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = temp_dir(dir_tag);
+/// A test's private directory, removed when the test ends (also on failure).
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        Dir(temp_dir(tag))
+    }
+}
+
+impl std::ops::Deref for Dir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn udp_config(dir_tag: &str, extra: &str) -> (Dir, std::path::PathBuf) {
+    let dir = Dir::new(dir_tag);
     let cfg = write_config(
         &dir,
         &format!("mappings:\n  - {{listen: 9443, to: 8443, protocol: udp}}\n{extra}"),
@@ -600,7 +622,7 @@ fn protocol_both_serves_tcp_and_udp_on_one_port() {
     let ns = Netns::new("pxudpboth");
     echo_server(&ns, "127.0.0.1:8443");
     let _backend = Backend::start(&ns, "127.0.0.1:8443");
-    let dir = temp_dir("udpboth");
+    let dir = Dir::new("udpboth");
     let cfg = write_config(
         &dir,
         "mappings:\n  - {name: web, listen: 9443, to: 8443, protocol: both}\n",
@@ -622,7 +644,7 @@ fn proxy_protocol_on_udp_is_a_config_error() {
         return;
     }
     let ns = Netns::new("pxudppp");
-    let dir = temp_dir("udppp");
+    let dir = Dir::new("udppp");
     let cfg = write_config(
         &dir,
         "mappings:\n  - {name: h3, listen: 9443, to: 8443, protocol: udp, proxy_protocol: v2}\n",
@@ -654,7 +676,7 @@ fn socket_activation_passes_a_datagram_socket() {
     }
     let ns = Netns::new("pxudpsock");
     let _backend = Backend::start(&ns, "127.0.0.1:8443");
-    let dir = temp_dir("udpsock");
+    let dir = Dir::new("udpsock");
     let cfg = write_config(
         &dir,
         "mappings:\n  - {name: h3, listen: \"0.0.0.0:443\", to: 8443, protocol: udp}\n",
@@ -691,7 +713,7 @@ fn quic_through_the_proxy_survives_migration() {
         return;
     }
     let ns = Netns::new("pxquic");
-    let dir = temp_dir("quic");
+    let dir = Dir::new("quic");
     let cfg = write_config(
         &dir,
         "mappings:\n  - {name: h3, listen: 443, to: 8443, protocol: udp}\n",

@@ -721,14 +721,24 @@ fn quic_through_the_proxy_survives_migration() {
     let mut launch = Launch::new(&ns, &cfg);
     launch.user = None; // as root: lowport switches to nobody itself
     let proxy = launch.start();
+    // After binding 443/udp: no capability, not root, no_new_privs.
     let status = proxy.status();
-    for key in ["CapEff:", "CapPrm:"] {
-        let line = status
+    let field = |key: &str| {
+        status
             .lines()
-            .find(|l| l.starts_with(key))
-            .expect("cap line");
-        assert!(line.ends_with("0000000000000000"), "{line}");
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {key} in status:\n{status}"))
+            .to_owned()
+    };
+    for key in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        assert_eq!(field(key), "0000000000000000", "{key}\n{status}");
     }
+    assert!(
+        field("Uid").split_whitespace().all(|u| u != "0"),
+        "{status}"
+    );
+    assert_eq!(field("NoNewPrivs"), "1", "{status}");
 
     let server_sock = ns
         .enter(|| UdpSocket::bind("127.0.0.1:8443"))

@@ -24,7 +24,7 @@ use crate::config::{BackendChoice, Source};
       80:8080                      port 80 on every address -> port 8080 on this host\n  \
       0.0.0.0:80:127.0.0.1:8080    IPv4 port 80 -> a backend bound to 127.0.0.1 only\n  \
       [::]:443:[::1]:8443          IPv6 port 443 -> [::1]:8443\n  \
-      443:8443/udp                 HTTP/3 (rules mode only)\n\n\
+      443:8443/udp                 HTTP/3 (QUIC) on 443/udp -> 8443/udp\n\n\
     EXAMPLES:\n  \
       sudo lowport -m 80:8080 rules apply        serve :80 from an app on :8080\n  \
       sudo lowport -c /etc/lowport/lowport.yaml rules apply --dry-run\n  \

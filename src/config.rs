@@ -38,7 +38,23 @@ pub struct ProxySettings {
     pub shutdown_timeout: Duration,
     /// When started as root: the user to switch to after binding.
     pub user: String,
+    /// End a UDP flow when no datagram went either way for this long.
+    pub udp_idle_timeout: Duration,
+    /// At most this many UDP flows at once; datagrams from new clients are
+    /// dropped above it.
+    pub udp_max_flows: NonZeroUsize,
 }
+
+/// Default `udp_idle_timeout`: longer than the kernel's conntrack timeout
+/// for a UDP stream (120 s), which QUIC keep-alives are tuned to beat.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// Longest `udp_idle_timeout`: a flow holds a socket all that time.
+pub const MAX_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Default `udp_max_flows`.
+pub const DEFAULT_UDP_MAX_FLOWS: usize = 16384;
+/// Largest `udp_max_flows`: each flow is a socket, and no process gets more
+/// file descriptors than `fs.nr_open` (1,048,576 by default).
+pub const MAX_UDP_MAX_FLOWS: usize = 1 << 20;
 
 impl Default for ProxySettings {
     fn default() -> Self {
@@ -50,6 +66,8 @@ impl Default for ProxySettings {
             fin_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             user: "nobody".to_owned(),
+            udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
+            udp_max_flows: NonZeroUsize::new(DEFAULT_UDP_MAX_FLOWS).expect("non-zero"),
         }
     }
 }
@@ -238,6 +256,8 @@ struct RawProxy {
     fin_timeout: Option<Value>,
     shutdown_timeout: Option<Value>,
     user: Option<Value>,
+    udp_idle_timeout: Option<Value>,
+    udp_max_flows: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -734,6 +754,7 @@ fn parse_proxy(raw: RawProxy) -> Result<ProxySettings, String> {
             *slot = parse_duration(key, &v, max)?;
         }
     }
+    parse_udp(&mut p, raw.udp_idle_timeout, raw.udp_max_flows)?;
     if let Some(v) = raw.user {
         match v.as_str() {
             Some(u) if !u.is_empty() && !u.contains(char::is_whitespace) => p.user = u.to_owned(),
@@ -746,6 +767,31 @@ fn parse_proxy(raw: RawProxy) -> Result<ProxySettings, String> {
         }
     }
     Ok(p)
+}
+
+/// The UDP flow settings, each within its documented range.
+fn parse_udp(
+    p: &mut ProxySettings,
+    idle: Option<Value>,
+    max_flows: Option<Value>,
+) -> Result<(), String> {
+    if let Some(v) = idle {
+        p.udp_idle_timeout = parse_duration("udp_idle_timeout", &v, MAX_UDP_IDLE_TIMEOUT)?;
+    }
+    if let Some(v) = max_flows {
+        p.udp_max_flows = v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n <= MAX_UDP_MAX_FLOWS)
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| {
+                format!(
+                    "proxy.udp_max_flows \"{}\" is not valid; use a whole number from 1 to {MAX_UDP_MAX_FLOWS}",
+                    value_text(&v)
+                )
+            })?;
+    }
+    Ok(())
 }
 
 fn parse_rules(raw: RawRules) -> Result<RulesSettings, String> {
@@ -914,6 +960,32 @@ mod tests {
         // Well below max_connections, so one address cannot take them all.
         let d = ProxySettings::default();
         assert!(d.max_connections_per_client.get() * 4 <= d.max_connections.get());
+    }
+
+    #[test]
+    fn udp_settings_have_defaults_and_bounds() {
+        let m = "mappings:\n  - {listen: 443, to: 8443, protocol: udp}\n";
+        let d = parse(m).unwrap().proxy;
+        assert!(d.udp_idle_timeout >= Duration::from_secs(120));
+        assert_eq!(d.udp_max_flows.get(), DEFAULT_UDP_MAX_FLOWS);
+        let c = parse(&format!(
+            "{m}proxy:\n  udp_idle_timeout: 30s\n  udp_max_flows: 10\n"
+        ))
+        .unwrap();
+        assert_eq!(c.proxy.udp_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.proxy.udp_max_flows.get(), 10);
+        for (bad, needle) in [
+            ("udp_idle_timeout: 2d", "too long; the limit is 1day"),
+            (
+                "udp_idle_timeout: 0s",
+                "udp_idle_timeout \"0s\" is too short",
+            ),
+            ("udp_max_flows: 0", "from 1 to 1048576"),
+            ("udp_max_flows: 1048577", "from 1 to 1048576"),
+        ] {
+            let err = parse(&format!("{m}proxy:\n  {bad}\n")).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -50,7 +50,7 @@ Optional label (1\-64 letters, digits, \-, _, .), unique; shown in logs, rule co
 "[HOST:]PORT". No HOST: this machine. HOST is an address or a name (resolved when rules are applied; per connection in proxy mode).
 .TP
 .B protocol
-tcp (default), udp or both. UDP (HTTP/3) is rules mode only.
+tcp (default), udp or both (TCP and UDP on the same port). In proxy mode a UDP mapping needs an address or no HOST in \fBto\fR, and no proxy_protocol.
 .TP
 .B proxy_protocol
 Proxy mode: off (default), v1 or v2: send a PROXY protocol header with the client's address to the backend first.
@@ -78,6 +78,12 @@ After SIGTERM, how long live connections may finish before they are reset (defau
 .TP
 .B user
 The user to switch to after binding, when started as root (default nobody). Neither root nor a user whose primary group is root (gid 0) is accepted; supplementary groups are cleared.
+.TP
+.B udp_idle_timeout
+End a UDP flow when no datagram went either way for this long (default 180s, longer than the kernel's 120 s conntrack timeout that QUIC keep\-alives are tuned to; at most 1 day).
+.TP
+.B udp_max_flows
+UDP flows (client addresses) at once (default 16384, at most 1048576); above it datagrams from new clients are dropped and counted.
 .PP
 .B rules:
 settings of \fBlowport rules\fR:
@@ -94,10 +100,10 @@ May \fBrules apply\fR turn on IP forwarding for targets on other hosts (default 
 Stop accepting, let live connections finish for up to shutdown_timeout (then reset them), exit 0.
 .TP
 .B SIGHUP
-Re\-read the configuration: unchanged listeners are kept, new ones bound if possible, removed ones closed; live connections continue under the new timeouts. An invalid file is logged and the old configuration keeps serving.
+Re\-read the configuration: unchanged listeners are kept, new ones bound if possible, removed ones closed; live connections continue under the new timeouts, and so do the UDP flows of kept listeners (a removed UDP listener's flows end with it). An invalid file is logged and the old configuration keeps serving.
 .TP
 .B SIGUSR1
-Log the counters (accepted, active, refused, bytes each way, splice fallbacks, errors by kind, client_limit_resets).
+Log the counters (accepted, active, refused, bytes each way, splice fallbacks, errors by kind, client_limit_resets; for UDP: flows opened, open and expired, datagrams and bytes each way, ICMP errors, drops by reason).
 .PP
 \fBlowport rules watch\fR:
 .TP

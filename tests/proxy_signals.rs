@@ -1,6 +1,5 @@
 //! Signals and configuration: SIGHUP reloads without dropping live
-//! connections, SIGTERM drains and exits 0, UDP in proxy mode is a config
-//! error (exit 2).
+//! connections, SIGTERM drains and exits 0. UDP reloads: tests/proxy_udp.rs.
 
 mod common;
 mod proxy_support;
@@ -147,19 +146,6 @@ fn sigterm_resets_what_outlives_shutdown_timeout() {
         other => panic!("expected a reset after shutdown_timeout, got {other:?}"),
     }
 }
-
-#[test]
-fn udp_mapping_is_a_config_error() {
-    if !require_root("udp_mapping_is_a_config_error") {
-        return;
-    }
-    let ns = Netns::new("pxudp");
-    let out = ns.lowport(&["-m", "9443:8443/udp", "proxy"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rules apply"), "{err}");
-}
-
 /// A reload re-arms every live connection's deadline: a half-closed one
 /// keeps its fin_timeout (the new, shorter one), not only idle_timeout.
 #[test]

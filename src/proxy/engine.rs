@@ -37,6 +37,8 @@ use super::stats::{inc, Stats};
 use crate::config::ProxySettings;
 use crate::mapping::{Listen, Mapping, ProxyProtocol, TargetHost};
 
+mod udp;
+
 /// What the control plane asks of the event loop.
 pub enum Command {
     /// Serve these listening sockets for `mapping`.
@@ -50,6 +52,16 @@ pub enum Command {
     /// Close the listening sockets of `key` (reload); its live connections
     /// go on.
     Unlisten { key: Listen },
+    /// Serve these UDP sockets for `mapping`.
+    UdpListen {
+        key: Listen,
+        mapping: Arc<Mapping>,
+        sockets: Vec<std::net::UdpSocket>,
+    },
+    /// New UDP flows on `key` go to this mapping (reload).
+    UdpRemap { key: Listen, mapping: Arc<Mapping> },
+    /// Close the UDP sockets of `key` and its flows (reload).
+    UdpUnlisten { key: Listen },
     /// New timeouts and connection cap (reload).
     Settings(Arc<ProxySettings>),
     /// The answer to a [`Resolve`] request.
@@ -162,6 +174,8 @@ struct Conn {
 enum Entry {
     Listener(Listener),
     Conn(Box<Conn>),
+    UdpListener(Box<udp::UdpListener>),
+    Flow(Box<udp::Flow>),
 }
 
 /// The event loop and everything it owns.
@@ -199,6 +213,7 @@ pub struct Engine {
     /// max_connections_per_client. An entry goes when its count drops to
     /// zero: the table never holds more than the live connections.
     clients: HashMap<IpAddr, u32>,
+    udp: udp::Udp,
 }
 
 /// A duration in the timers' unit, milliseconds, capped at [`NEVER`]: every
@@ -304,6 +319,7 @@ impl Engine {
             starved: 0,
             next_generation: 0,
             clients: HashMap::new(),
+            udp: udp::Udp::new(),
         })
     }
 
@@ -405,8 +421,22 @@ impl Engine {
                     self.entries
                         .retain(|_, e| !matches!(e, Entry::Listener(l) if l.key == key));
                 }
+                Command::UdpListen {
+                    key,
+                    mapping,
+                    sockets,
+                } => {
+                    for s in sockets {
+                        if let Err(e) = self.add_udp_listener(key, Arc::clone(&mapping), s) {
+                            warn!("cannot serve a UDP socket for {mapping}: {e}");
+                        }
+                    }
+                }
+                Command::UdpRemap { key, mapping } => self.udp_remap(key, &mapping),
+                Command::UdpUnlisten { key } => self.udp_unlisten(|l| l.key == key),
                 Command::Settings(s) => {
                     self.settings = s;
+                    self.udp_settings_changed();
                     // Every timer was armed for the old timeouts: look at
                     // each connection again now, so a shorter idle_timeout,
                     // fin_timeout or connect_timeout holds for live
@@ -428,6 +458,8 @@ impl Engine {
                 } => self.resolved(conn, generation, addrs),
                 Command::Drain(reply) => {
                     self.entries.retain(|_, e| !matches!(e, Entry::Listener(_)));
+                    // UDP has no end of stream to wait for: its flows close now.
+                    self.udp_unlisten(|_| true);
                     self.draining = true;
                     let _ = reply.send(self.active as u64);
                 }
@@ -497,6 +529,18 @@ impl Engine {
             None => return,
             Some(Entry::Listener(l)) if l.generation != generation => return,
             Some(Entry::Conn(c)) if c.generation != generation => return,
+            Some(Entry::UdpListener(l)) => {
+                if l.generation == generation {
+                    self.udp_listener_ready(key);
+                }
+                return;
+            }
+            Some(Entry::Flow(f)) => {
+                if f.generation == generation {
+                    self.flow_ready(key);
+                }
+                return;
+            }
             Some(Entry::Listener(_)) => {
                 self.accept(key);
                 return;
@@ -1098,7 +1142,11 @@ impl Engine {
             if key == BACKOFF {
                 return backoff == Some(due);
             }
-            matches!(entries.get(key), Some(Entry::Conn(c)) if c.generation == generation && c.timer_at == due)
+            match entries.get(key) {
+                Some(Entry::Conn(c)) => c.generation == generation && c.timer_at == due,
+                Some(Entry::Flow(f)) => f.generation == generation && f.timer_at == due,
+                _ => false,
+            }
         });
     }
 
@@ -1129,6 +1177,10 @@ impl Engine {
                 Some(Entry::Conn(c)) if c.generation == generation && c.timer_at == due => {
                     c.timer_at = u64::MAX;
                     self.conn_timer(key);
+                }
+                Some(Entry::Flow(f)) if f.generation == generation && f.timer_at == due => {
+                    f.timer_at = u64::MAX;
+                    self.flow_timer(key);
                 }
                 // Stale: the slot was reused, or an earlier timer replaced it.
                 _ => {}

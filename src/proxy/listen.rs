@@ -12,7 +12,7 @@ use std::os::fd::{FromRawFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::mapping::Listen;
+use crate::mapping::{Listen, L4};
 
 /// Pending connections the kernel queues before they are accepted — while
 /// a burst outruns accepting, accepting is paused (max_connections
@@ -25,13 +25,35 @@ const BACKLOG: i32 = i32::MAX;
 /// First fd passed by socket activation (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
-/// Bind the socket(s) for one mapping's listen spec.
+/// Bind the TCP socket(s) for one mapping's listen spec.
 pub fn bind_listen(listen: &Listen) -> io::Result<Vec<std::net::TcpListener>> {
+    bind_spec(listen, bind_one)
+}
+
+/// Bind the UDP socket(s) for one mapping's listen spec: the same
+/// addresses as [`bind_listen`]. No SO_REUSEADDR: for UDP it would let
+/// another socket bind the same port and take its datagrams.
+pub fn bind_listen_udp(listen: &Listen) -> io::Result<Vec<std::net::UdpSocket>> {
+    bind_spec(listen, |addr, v6only| {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if let Some(only) = v6only {
+            socket.set_only_v6(only)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket.into())
+    })
+}
+
+fn bind_spec<T>(
+    listen: &Listen,
+    bind: impl Fn(SocketAddr, Option<bool>) -> io::Result<T>,
+) -> io::Result<Vec<T>> {
     let port = listen.port.get();
     match listen.addr {
         None => {
             let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
-            match bind_one(any6, Some(false)) {
+            match bind(any6, Some(false)) {
                 Ok(l) => Ok(vec![l]),
                 Err(e)
                     if matches!(
@@ -41,13 +63,13 @@ pub fn bind_listen(listen: &Listen) -> io::Result<Vec<std::net::TcpListener>> {
                 {
                     // No IPv6 on this host: every IPv4 address, then.
                     let any4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-                    Ok(vec![bind_one(any4, None)?])
+                    Ok(vec![bind(any4, None)?])
                 }
                 Err(e) => Err(e),
             }
         }
-        Some(ip @ IpAddr::V6(_)) => Ok(vec![bind_one(SocketAddr::new(ip, port), Some(true))?]),
-        Some(ip @ IpAddr::V4(_)) => Ok(vec![bind_one(SocketAddr::new(ip, port), None)?]),
+        Some(ip @ IpAddr::V6(_)) => Ok(vec![bind(SocketAddr::new(ip, port), Some(true))?]),
+        Some(ip @ IpAddr::V4(_)) => Ok(vec![bind(SocketAddr::new(ip, port), None)?]),
     }
 }
 
@@ -70,15 +92,19 @@ fn bind_one(addr: SocketAddr, v6only: Option<bool>) -> io::Result<std::net::TcpL
 /// One socket passed by systemd (`LISTEN_FDS`).
 #[derive(Debug)]
 pub struct Activated {
-    pub listener: std::net::TcpListener,
+    /// A listening TCP socket (`ListenStream=`) or a UDP one
+    /// (`ListenDatagram=`), non-blocking.
+    pub socket: Socket,
+    pub l4: L4,
     pub addr: SocketAddr,
     /// Its name from `LISTEN_FDNAMES` (`FileDescriptorName=`), if any.
     pub name: Option<String>,
 }
 
 /// Take the sockets systemd passed to this process (if `LISTEN_PID` is us),
-/// and unset the variables so no child inherits them. Sockets that are not
-/// listening TCP sockets are reported as errors and closed.
+/// and unset the variables so no child inherits them. Sockets that are
+/// neither listening TCP sockets nor UDP sockets are reported as errors and
+/// closed.
 pub fn take_activated() -> (Vec<Activated>, Vec<String>) {
     let mut found = Vec::new();
     let mut problems = Vec::new();
@@ -107,21 +133,35 @@ pub fn take_activated() -> (Vec<Activated>, Vec<String>) {
         let socket = unsafe { Socket::from_raw_fd(fd) };
         let name = names.get(i as usize).cloned().filter(|n| !n.is_empty());
         let _ = socket.set_cloexec(true);
-        let checked = (|| -> io::Result<SocketAddr> {
-            if socket.r#type()? != Type::STREAM || !socket.is_listener()? {
-                return Err(io::Error::other("not a listening stream socket"));
-            }
-            // Inherited by every accepted socket; refused by anything not TCP.
-            socket.set_tcp_nodelay(true)?;
-            socket.set_out_of_band_inline(true)?;
-            socket
+        let checked = (|| -> io::Result<(L4, SocketAddr)> {
+            let l4 = if socket.r#type()? == Type::DGRAM {
+                // The protocol check refuses a datagram socket that is not
+                // UDP (ListenDatagram= on a Unix path, say).
+                if socket.protocol()? != Some(Protocol::UDP) {
+                    return Err(io::Error::other("not a UDP socket"));
+                }
+                L4::Udp
+            } else {
+                if socket.r#type()? != Type::STREAM || !socket.is_listener()? {
+                    return Err(io::Error::other(
+                        "not a listening stream socket nor a datagram socket",
+                    ));
+                }
+                // Inherited by every accepted socket; refused by anything not TCP.
+                socket.set_tcp_nodelay(true)?;
+                socket.set_out_of_band_inline(true)?;
+                L4::Tcp
+            };
+            let addr = socket
                 .local_addr()?
                 .as_socket()
-                .ok_or_else(|| io::Error::other("not an IP socket"))
+                .ok_or_else(|| io::Error::other("not an IP socket"))?;
+            Ok((l4, addr))
         })();
-        match checked.and_then(|addr| socket.set_nonblocking(true).map(|()| addr)) {
-            Ok(addr) => found.push(Activated {
-                listener: socket.into(),
+        match checked.and_then(|a| socket.set_nonblocking(true).map(|()| a)) {
+            Ok((l4, addr)) => found.push(Activated {
+                socket,
+                l4,
                 addr,
                 name,
             }),

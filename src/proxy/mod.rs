@@ -1,5 +1,6 @@
-//! `lowport proxy`: a small TCP relay from privileged ports to the
-//! unprivileged server, for hosts where rules cannot be used.
+//! `lowport proxy`: a small TCP and UDP relay from privileged ports to the
+//! unprivileged server, for hosts where rules cannot be used (UDP flows:
+//! [`engine`]'s `udp` module).
 //!
 //! It owns the listeners (bound, or taken from systemd socket activation),
 //! the connection cap, backend connection, PROXY headers, signals (SIGTERM
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ProxySettings};
-use crate::mapping::{Listen, Mapping, ProxyProtocol};
+use crate::mapping::{Listen, Mapping, ProxyProtocol, TargetHost, L4};
 use crate::privilege::{self, DropReport, PrivilegeError, PrivilegeState};
 use engine::{Command, Engine, EngineHandle, Resolve};
 use pipe::PipePool;
@@ -80,15 +81,26 @@ impl ProxyError {
     }
 }
 
-/// Can this configuration be served by the proxy? UDP cannot: it is rules
-/// mode only.
+/// Can this configuration be served by the proxy? UDP can, but without a
+/// PROXY header (there is no stream to put it in front of) and only to an
+/// address (flows open on the event loop, which cannot wait on a lookup).
 pub fn validate_for_proxy(config: &Config) -> Result<(), ProxyError> {
     for m in &config.mappings {
-        if m.protocol.has_udp() {
+        if !m.protocol.has_udp() {
+            continue;
+        }
+        if m.proxy_protocol != ProxyProtocol::Off {
             return Err(ProxyError::Config(format!(
-                "{m}: protocol {} cannot be served by `lowport proxy`, which relays TCP only; \
-                 use `lowport rules apply` for UDP, or set `protocol: tcp`",
+                "{m}: proxy_protocol cannot be sent over UDP (protocol {}); set \
+                 `proxy_protocol: off`, or put the TCP side in a mapping of its own with \
+                 `protocol: tcp`",
                 m.protocol
+            )));
+        }
+        if let TargetHost::Name(name) = &m.target.host {
+            return Err(ProxyError::Config(format!(
+                "{m}: `lowport proxy` sends UDP to an address, not to the host name \"{name}\"; \
+                 write the backend's IP address, or use `lowport rules apply`"
             )));
         }
     }
@@ -129,16 +141,49 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((lim.rlim_cur, lim.rlim_cur))
 }
 
-/// A listen spec's sockets, before the runtime exists.
+/// One protocol's sockets for a listen spec.
+#[derive(Debug)]
+pub enum Sockets {
+    Tcp(Vec<std::net::TcpListener>),
+    Udp(Vec<std::net::UdpSocket>),
+}
+
+impl Sockets {
+    fn l4(&self) -> L4 {
+        match self {
+            Sockets::Tcp(_) => L4::Tcp,
+            Sockets::Udp(_) => L4::Udp,
+        }
+    }
+
+    fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        match self {
+            Sockets::Tcp(s) => s.iter().map(std::net::TcpListener::local_addr).collect(),
+            Sockets::Udp(s) => s.iter().map(std::net::UdpSocket::local_addr).collect(),
+        }
+    }
+}
+
+/// A listen spec's sockets for one protocol (a `both` mapping has two),
+/// before the runtime exists.
 #[derive(Debug)]
 pub struct BoundListener {
     pub mapping: Mapping,
-    pub sockets: Vec<std::net::TcpListener>,
+    pub sockets: Sockets,
     /// Came from systemd socket activation.
     pub activated: bool,
 }
 
-/// Bind (or take from socket activation) a socket for every mapping.
+/// Bind a listen spec's sockets for one protocol.
+fn bind_l4(listen: &Listen, l4: L4) -> io::Result<Sockets> {
+    Ok(match l4 {
+        L4::Tcp => Sockets::Tcp(listen::bind_listen(listen)?),
+        L4::Udp => Sockets::Udp(listen::bind_listen_udp(listen)?),
+    })
+}
+
+/// Bind (or take from socket activation) the sockets of every mapping,
+/// for each of its protocols.
 pub fn bind_all(config: &Config) -> Result<Vec<BoundListener>, ProxyError> {
     let (mut activated, problems) = listen::take_activated();
     for p in problems {
@@ -146,37 +191,44 @@ pub fn bind_all(config: &Config) -> Result<Vec<BoundListener>, ProxyError> {
     }
     let mut out = Vec::new();
     for m in &config.mappings {
-        let (mine, rest): (Vec<_>, Vec<_>) = activated
-            .into_iter()
-            .partition(|a| listen::activated_matches(&m.listen, a.addr));
-        activated = rest;
-        if !mine.is_empty() {
-            for a in &mine {
-                info!(
-                    "socket activation: {} ({}) serves {m}",
-                    a.addr,
-                    a.name.as_deref().unwrap_or("unnamed")
-                );
+        for l4 in m.protocol.l4s() {
+            let (mine, rest): (Vec<_>, Vec<_>) = activated
+                .into_iter()
+                .partition(|a| a.l4 == l4 && listen::activated_matches(&m.listen, a.addr));
+            activated = rest;
+            if !mine.is_empty() {
+                for a in &mine {
+                    info!(
+                        "socket activation: {} ({}, {l4}) serves {m}",
+                        a.addr,
+                        a.name.as_deref().unwrap_or("unnamed")
+                    );
+                }
+                let sockets = match l4 {
+                    L4::Tcp => Sockets::Tcp(mine.into_iter().map(|a| a.socket.into()).collect()),
+                    L4::Udp => Sockets::Udp(mine.into_iter().map(|a| a.socket.into()).collect()),
+                };
+                out.push(BoundListener {
+                    mapping: m.clone(),
+                    sockets,
+                    activated: true,
+                });
+                continue;
             }
+            let sockets = bind_l4(&m.listen, l4).map_err(|source| bind_error(m, l4, source))?;
             out.push(BoundListener {
                 mapping: m.clone(),
-                sockets: mine.into_iter().map(|a| a.listener).collect(),
-                activated: true,
+                sockets,
+                activated: false,
             });
-            continue;
         }
-        let sockets = listen::bind_listen(&m.listen).map_err(|source| bind_error(m, source))?;
-        out.push(BoundListener {
-            mapping: m.clone(),
-            sockets,
-            activated: false,
-        });
     }
     for a in activated {
         warn!(
-            "socket activation: {} ({}) matches no mapping; closed",
+            "socket activation: {} ({}, {}) matches no mapping; closed",
             a.addr,
-            a.name.as_deref().unwrap_or("unnamed")
+            a.name.as_deref().unwrap_or("unnamed"),
+            a.l4
         );
     }
     Ok(out)
@@ -193,7 +245,7 @@ fn exe_on_nosuid_mount() -> bool {
     }
 }
 
-fn bind_error(m: &Mapping, source: io::Error) -> ProxyError {
+fn bind_error(m: &Mapping, l4: L4, source: io::Error) -> ProxyError {
     let hint = match source.raw_os_error() {
         Some(libc::EACCES) if exe_on_nosuid_mount() => {
             "; this binary is on a nosuid mount, where the kernel ignores file capabilities \
@@ -209,7 +261,7 @@ fn bind_error(m: &Mapping, source: io::Error) -> ProxyError {
         _ => "",
     };
     ProxyError::Bind {
-        listen: m.listen.to_string(),
+        listen: format!("{}/{l4}", m.listen),
         mapping: m.to_string(),
         source,
         hint,
@@ -269,12 +321,16 @@ pub async fn run(
     serve(bound, config, reload, shutdown, None).await
 }
 
-/// A running listen spec, as the control plane knows it.
+/// A running listen spec and protocol, as the control plane knows it.
 struct Running {
     mapping: Arc<Mapping>,
+    l4: L4,
     addrs: Vec<SocketAddr>,
     activated: bool,
 }
+
+/// What a running listener is known by: a `both` mapping is two.
+type RunKey = (Listen, L4);
 
 /// Serve already-bound listeners until `shutdown`; see [`main`]. The
 /// connections live on an event loop of their own ([`engine`]), on one
@@ -300,16 +356,12 @@ pub async fn serve(
     let mut hup = signal(tokio::signal::unix::SignalKind::hangup(), "SIGHUP")?;
     let mut usr1 = signal(tokio::signal::unix::SignalKind::user_defined1(), "SIGUSR1")?;
 
-    let mut running: HashMap<Listen, Running> = HashMap::new();
+    let mut running: HashMap<RunKey, Running> = HashMap::new();
     let mut listing = Vec::new();
     for b in bound {
         let (key, r, sockets) = running_of(b).map_err(ProxyError::Relay)?;
         listing.push(describe(&r));
-        handle.send(Command::Listen {
-            key,
-            mapping: Arc::clone(&r.mapping),
-            sockets,
-        });
+        listen_on(&handle, key.0, &r, sockets);
         running.insert(key, r);
     }
     let (done_tx, mut done) = tokio::sync::oneshot::channel();
@@ -420,24 +472,46 @@ async fn resolve_names(
 
 /// Split a bound listen spec into what the control plane keeps and the
 /// sockets the event loop serves.
-fn running_of(b: BoundListener) -> io::Result<(Listen, Running, Vec<std::net::TcpListener>)> {
-    let addrs = b
-        .sockets
-        .iter()
-        .map(std::net::TcpListener::local_addr)
-        .collect::<io::Result<Vec<_>>>()?;
-    let key = b.mapping.listen;
+fn running_of(b: BoundListener) -> io::Result<(RunKey, Running, Sockets)> {
+    let addrs = b.sockets.local_addrs()?;
+    let l4 = b.sockets.l4();
+    let key = (b.mapping.listen, l4);
     let r = Running {
         mapping: Arc::new(b.mapping),
+        l4,
         addrs,
         activated: b.activated,
     };
     Ok((key, r, b.sockets))
 }
 
+/// Hand a listen spec's sockets to the event loop.
+fn listen_on(handle: &EngineHandle, key: Listen, r: &Running, sockets: Sockets) {
+    let mapping = Arc::clone(&r.mapping);
+    handle.send(match sockets {
+        Sockets::Tcp(sockets) => Command::Listen {
+            key,
+            mapping,
+            sockets,
+        },
+        Sockets::Udp(sockets) => Command::UdpListen {
+            key,
+            mapping,
+            sockets,
+        },
+    });
+}
+
 fn describe(r: &Running) -> String {
     let m = &r.mapping;
-    let addrs: Vec<String> = r.addrs.iter().map(ToString::to_string).collect();
+    let addrs: Vec<String> = r
+        .addrs
+        .iter()
+        .map(|a| match r.l4 {
+            L4::Tcp => a.to_string(),
+            L4::Udp => format!("{a}/udp"),
+        })
+        .collect();
     format!(
         "{} -> {} [{}{}{}]",
         addrs.join(" "),
@@ -458,7 +532,7 @@ fn describe(r: &Running) -> String {
 
 fn apply_reload(
     new: Config,
-    running: &mut HashMap<Listen, Running>,
+    running: &mut HashMap<RunKey, Running>,
     handle: &EngineHandle,
     settings: &mut Arc<ProxySettings>,
 ) {
@@ -469,46 +543,62 @@ fn apply_reload(
     let mut kept = Vec::new();
     let mut added = Vec::new();
     let mut failed = Vec::new();
-    let wanted: HashMap<Listen, &Mapping> = new.mappings.iter().map(|m| (m.listen, m)).collect();
-    running.retain(|listen, r| {
-        let keep = wanted.contains_key(listen);
+    let wanted: HashMap<RunKey, &Mapping> = new
+        .mappings
+        .iter()
+        .flat_map(|m| m.protocol.l4s().map(move |l4| ((m.listen, l4), m)))
+        .collect();
+    running.retain(|&(listen, l4), r| {
+        let keep = wanted.contains_key(&(listen, l4));
         if !keep {
             info!("SIGHUP: closing {}", describe(r));
-            handle.send(Command::Unlisten { key: *listen });
+            handle.send(match l4 {
+                L4::Tcp => Command::Unlisten { key: listen },
+                L4::Udp => Command::UdpUnlisten { key: listen },
+            });
         }
         keep
     });
     for m in &new.mappings {
-        if let Some(r) = running.get_mut(&m.listen) {
-            r.mapping = Arc::new(m.clone());
-            handle.send(Command::Remap {
-                key: m.listen,
-                mapping: Arc::clone(&r.mapping),
-            });
-            kept.push(m.listen.to_string());
-            continue;
-        }
-        let bound = listen::bind_listen(&m.listen).map(|sockets| BoundListener {
-            mapping: m.clone(),
-            sockets,
-            activated: false,
-        });
-        match bound.and_then(running_of) {
-            Ok((key, r, sockets)) => {
-                added.push(describe(&r));
-                handle.send(Command::Listen {
-                    key,
-                    mapping: Arc::clone(&r.mapping),
-                    sockets,
+        for l4 in m.protocol.l4s() {
+            let shown = match l4 {
+                L4::Tcp => m.listen.to_string(),
+                L4::Udp => format!("{}/udp", m.listen),
+            };
+            if let Some(r) = running.get_mut(&(m.listen, l4)) {
+                r.mapping = Arc::new(m.clone());
+                let mapping = Arc::clone(&r.mapping);
+                handle.send(match l4 {
+                    L4::Tcp => Command::Remap {
+                        key: m.listen,
+                        mapping,
+                    },
+                    L4::Udp => Command::UdpRemap {
+                        key: m.listen,
+                        mapping,
+                    },
                 });
-                running.insert(key, r);
+                kept.push(shown);
+                continue;
             }
-            Err(e) => {
-                error!(
-                    "SIGHUP: {}; restart lowport to serve it",
-                    error_chain(&bind_error(m, e))
-                );
-                failed.push(m.listen.to_string());
+            let bound = bind_l4(&m.listen, l4).map(|sockets| BoundListener {
+                mapping: m.clone(),
+                sockets,
+                activated: false,
+            });
+            match bound.and_then(running_of) {
+                Ok((key, r, sockets)) => {
+                    added.push(describe(&r));
+                    listen_on(handle, key.0, &r, sockets);
+                    running.insert(key, r);
+                }
+                Err(e) => {
+                    error!(
+                        "SIGHUP: {}; restart lowport to serve it",
+                        error_chain(&bind_error(m, l4, e))
+                    );
+                    failed.push(shown);
+                }
             }
         }
     }
@@ -574,19 +664,36 @@ mod tests {
     }
 
     #[test]
-    fn udp_is_rules_mode_only() {
+    fn udp_is_served_without_proxy_protocol_or_names() {
         for p in [Protocol::Udp, Protocol::Both] {
             let config = Config {
                 mappings: vec![mapping(p)],
                 ..Default::default()
             };
-            let e = validate_for_proxy(&config).expect_err("udp refused");
+            assert!(validate_for_proxy(&config).is_ok(), "{p}");
+            let mut m = mapping(p);
+            m.proxy_protocol = ProxyProtocol::V2;
+            let config = Config {
+                mappings: vec![m],
+                ..Default::default()
+            };
+            let e = validate_for_proxy(&config).expect_err("PROXY over UDP refused");
             assert_eq!(e.exit_code(), 2);
-            assert!(e.to_string().contains("rules apply"), "{e}");
+            assert!(e.to_string().contains("\"h3\""), "{e}");
+            assert!(e.to_string().contains("proxy_protocol"), "{e}");
+            let mut m = mapping(p);
+            m.target.host = TargetHost::Name("backend".to_owned());
+            let config = Config {
+                mappings: vec![m],
+                ..Default::default()
+            };
+            let e = validate_for_proxy(&config).expect_err("UDP to a name refused");
             assert!(e.to_string().contains("\"h3\""), "{e}");
         }
+        let mut tcp = mapping(Protocol::Tcp);
+        tcp.proxy_protocol = ProxyProtocol::V2;
         let ok = Config {
-            mappings: vec![mapping(Protocol::Tcp)],
+            mappings: vec![tcp],
             ..Default::default()
         };
         assert!(validate_for_proxy(&ok).is_ok());

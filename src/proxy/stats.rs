@@ -33,6 +33,8 @@ pub struct Stats {
     /// New connections reset at once: their client address (IPv6: /64)
     /// already had max_connections_per_client.
     pub client_limit_resets: AtomicU64,
+    /// UDP: see [`UdpStats`].
+    pub udp: UdpStats,
     started: Instant,
     last_fallback_log: AtomicU64,
     last_client_limit_log: AtomicU64,
@@ -54,11 +56,46 @@ impl Default for Stats {
             fin_timeouts: AtomicU64::new(0),
             shutdown_resets: AtomicU64::new(0),
             client_limit_resets: AtomicU64::new(0),
+            udp: UdpStats::default(),
             started: Instant::now(),
             last_fallback_log: AtomicU64::new(0),
             last_client_limit_log: AtomicU64::new(0),
         }
     }
+}
+
+/// UDP flow counters. A datagram counts once however it was batched (a
+/// GRO read of n segments is n datagrams).
+#[derive(Debug, Default)]
+pub struct UdpStats {
+    /// Flows opened (first datagram from a client address).
+    pub flows_opened: AtomicU64,
+    /// Flows open now.
+    pub flows_active: AtomicU64,
+    /// Flows ended by udp_idle_timeout.
+    pub flows_expired: AtomicU64,
+    /// Datagrams and their payload bytes relayed client → backend.
+    pub datagrams_to_backend: AtomicU64,
+    pub bytes_to_backend: AtomicU64,
+    /// Datagrams and their payload bytes relayed backend → client.
+    pub datagrams_to_client: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    /// ICMP errors the backend's host sent back (port unreachable while the
+    /// backend restarts, and the like); the flow goes on.
+    pub icmp_errors: AtomicU64,
+    /// Datagrams from new clients dropped at udp_max_flows.
+    pub dropped_max_flows: AtomicU64,
+    /// Datagrams from new clients dropped because no socket could be made
+    /// for their flow (out of file descriptors or memory).
+    pub dropped_no_socket: AtomicU64,
+    /// Datagrams dropped because the kernel refused to send them (send
+    /// buffer full, no route, too large for the path).
+    pub dropped_send: AtomicU64,
+}
+
+/// Add `n` to a counter.
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
 }
 
 /// Add one to a counter.
@@ -86,6 +123,23 @@ impl Stats {
             client_limit_resets = g(&self.client_limit_resets),
             "counters ({when})"
         );
+        let u = &self.udp;
+        if g(&u.flows_opened) + g(&u.dropped_max_flows) + g(&u.dropped_no_socket) > 0 {
+            tracing::info!(
+                udp_flows_opened = g(&u.flows_opened),
+                udp_flows_active = g(&u.flows_active),
+                udp_flows_expired = g(&u.flows_expired),
+                udp_datagrams_to_backend = g(&u.datagrams_to_backend),
+                udp_bytes_to_backend = g(&u.bytes_to_backend),
+                udp_datagrams_to_client = g(&u.datagrams_to_client),
+                udp_bytes_to_client = g(&u.bytes_to_client),
+                udp_icmp_errors = g(&u.icmp_errors),
+                udp_dropped_max_flows = g(&u.dropped_max_flows),
+                udp_dropped_no_socket = g(&u.dropped_no_socket),
+                udp_dropped_send = g(&u.dropped_send),
+                "udp counters ({when})"
+            );
+        }
     }
 
     /// Count a user-space copy fallback; log it, at most once per 10 s

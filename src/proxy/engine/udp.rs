@@ -1,0 +1,628 @@
+//! UDP flows on the event loop: a listening socket per listen spec, and
+//! per client address a flow, a socket connected to the backend.
+//!
+//! The first datagram from a client address opens its flow. The flow's
+//! socket is made here, on the event loop, so after privileges were
+//! dropped, and the kernel gives it an ephemeral port. Datagrams from the
+//! client go out on it; what comes back on it goes to the client from the
+//! listening socket, with the source address the client sent to (IP_PKTINFO
+//! / IPV6_PKTINFO: a client with a connected socket on a host with several
+//! addresses accepts nothing else). A flow ends when no datagram went
+//! either way for `udp_idle_timeout`, when its listener closes (reload,
+//! shutdown), and never on an ICMP error: a backend that restarts answers
+//! "port unreachable" for a moment, and the flow goes on after it.
+//!
+//! Datagrams travel whole by construction: every receive slot holds 64 KiB,
+//! more than any UDP payload (65,507 bytes over IPv4, 65,527 over IPv6) and
+//! than any batch that GRO coalesces (the kernel flushes one below 64 KiB).
+//! Nothing is queued: a datagram the kernel will not take now (send buffer
+//! full) is dropped and counted, as a router would, so an idle flow holds no
+//! buffer — a socket, its state and this table's entry.
+//!
+//! Syscalls come in batches through `quinn-udp`, the datapath of the
+//! `quinn` QUIC stack: recvmmsg of up to 32 reads, each of which may be a
+//! GRO batch of one sender's datagrams; such a batch leaves as one GSO send
+//! (UDP_SEGMENT) of the same segments, so the far end receives exactly the
+//! datagrams that were sent, never more. A socket whose kernel or device
+//! refuses GSO (EIO, EINVAL) falls back to single datagrams for good.
+
+use std::collections::HashMap;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use rustix::event::epoll::{self, EventFlags};
+use tracing::{debug, warn};
+
+use super::{data, ms, Engine, Entry};
+use crate::mapping::{Listen, Mapping, TargetHost};
+use crate::proxy::proxy_protocol::unmap;
+use crate::proxy::stats::{add, inc};
+
+/// One receive slot: more than the largest UDP payload and than any GRO
+/// batch (the kernel's skb_gro_receive keeps one below 65,536 bytes).
+const SLOT: usize = 1 << 16;
+
+/// A UDP listening socket and the flows of its clients.
+pub(super) struct UdpListener {
+    sock: UdpSocket,
+    state: UdpSocketState,
+    pub(super) generation: u32,
+    pub(super) key: Listen,
+    pub(super) mapping: Arc<Mapping>,
+    /// Bound to a wildcard address: replies name the address the client
+    /// sent to (a specific address is the only source the kernel picks).
+    wildcard: bool,
+    /// Client address → the flow's slab key.
+    flows: HashMap<SocketAddr, usize>,
+}
+
+/// One client address's flow.
+pub(super) struct Flow {
+    sock: UdpSocket,
+    state: UdpSocketState,
+    pub(super) generation: u32,
+    /// The listener's slab key and generation.
+    listener: (usize, u32),
+    client: SocketAddr,
+    target: SocketAddr,
+    /// The address the client last sent to (wildcard listeners only).
+    local: Option<IpAddr>,
+    /// ms since the loop started: a datagram last went either way; the
+    /// timer queued for the flow (re-queued only when it fires early).
+    last_active: u64,
+    pub(super) timer_at: u64,
+}
+
+/// The engine's UDP state: one set of receive slots for every socket.
+pub(super) struct Udp {
+    slots: Box<[u8]>,
+    /// A run of datagrams gathered into one GSO send.
+    run: Vec<u8>,
+    flows: usize,
+    /// A flow's socket could not be made, and that was logged: said once
+    /// until a flow opens again (a flood would log every datagram).
+    starved: bool,
+}
+
+impl Udp {
+    pub(super) fn new() -> Udp {
+        Udp {
+            slots: vec![0u8; SLOT * BATCH_SIZE].into_boxed_slice(),
+            run: Vec::with_capacity(MAX_RUN),
+            flows: 0,
+            starved: false,
+        }
+    }
+}
+
+/// A relay socket's options on top of what quinn-udp sets: fragment
+/// datagrams larger than the path's MTU instead of dropping them (QUIC
+/// forbids fragmentation for its own packets; a relay must deliver what an
+/// endpoint sent), and no receive timestamps (a cmsg per read, unused).
+fn relay_options(sock: &UdpSocket, v6: bool) {
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: setsockopt on a socket we own, with a c_int of the right size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(sock),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 0);
+    set(
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_WANT,
+    );
+    if v6 {
+        set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_WANT,
+        );
+        set(libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
+    }
+}
+
+/// The most payload gathered into one GSO send (the kernel refuses a
+/// send whose UDP length would pass 65,535 bytes).
+const MAX_RUN: usize = 65_000;
+/// The most datagrams in one GSO send (the kernel's UDP_MAX_SEGMENTS).
+const MAX_RUN_DATAGRAMS: usize = 64;
+
+/// Where the run of reads that starts at `start` ends: single datagrams
+/// from one sender, to one address, with one ECN mark, all of the first's
+/// size but the last, which may be shorter. A recvmmsg batch from a busy
+/// client (loopback has no GRO) leaves as one GSO send instead of one
+/// sendmsg per datagram; the receiver still gets each datagram on its own.
+fn run_end(meta: &[RecvMeta], start: usize) -> usize {
+    let first = &meta[start];
+    if first.len == 0 || first.stride != first.len {
+        return start + 1;
+    }
+    let (mut end, mut total) = (start + 1, first.len);
+    while let Some(m) = meta.get(end) {
+        if m.addr != first.addr
+            || m.dst_ip != first.dst_ip
+            || m.ecn != first.ecn
+            || m.len == 0
+            || m.stride != m.len
+            || m.len > first.len
+            || total + m.len > MAX_RUN
+            || end - start >= MAX_RUN_DATAGRAMS
+        {
+            break;
+        }
+        total += m.len;
+        end += 1;
+        if m.len < first.len {
+            break;
+        }
+    }
+    end
+}
+
+/// The reads `start..end` of a batch as one read: the slot itself, or the
+/// datagrams gathered into `run`, with a meta that says their stride.
+fn gather<'a>(
+    meta: &[RecvMeta],
+    slots: &'a [u8],
+    run: &'a mut Vec<u8>,
+    start: usize,
+    end: usize,
+) -> (RecvMeta, &'a [u8]) {
+    let mut m = meta[start];
+    if end == start + 1 {
+        return (m, &slots[start * SLOT..start * SLOT + m.len]);
+    }
+    run.clear();
+    for (i, r) in meta.iter().enumerate().take(end).skip(start) {
+        run.extend_from_slice(&slots[i * SLOT..i * SLOT + r.len]);
+    }
+    m.stride = m.len;
+    m.len = run.len();
+    (m, run.as_slice())
+}
+
+/// How many datagrams a read holds: a GRO batch is `len / stride` rounded
+/// up; an empty datagram is one.
+fn datagrams(meta: &RecvMeta) -> u64 {
+    if meta.len == 0 || meta.stride == 0 {
+        1
+    } else {
+        meta.len.div_ceil(meta.stride) as u64
+    }
+}
+
+/// Send `contents` (`stride`-sized datagrams, the last maybe shorter) to
+/// `destination`. Returns how many datagrams the kernel refused and
+/// whether an ICMP error was reported on the way.
+fn send(
+    state: &UdpSocketState,
+    sock: &UdpSocket,
+    destination: SocketAddr,
+    src_ip: Option<IpAddr>,
+    meta: &RecvMeta,
+    contents: &[u8],
+) -> (u64, u64) {
+    let stride = if meta.stride == 0 {
+        contents.len().max(1)
+    } else {
+        meta.stride
+    };
+    let mut dropped = 0;
+    let mut icmp = 0;
+    let mut rest = contents;
+    loop {
+        // A GSO send holds at most max_gso_segments datagrams; 1 means
+        // none (refused before, or by this kernel).
+        let per_send = state.max_gso_segments().max(1);
+        let take = rest.len().min(stride.saturating_mul(per_send));
+        let (chunk, tail) = rest.split_at(take);
+        let segment_size = (chunk.len() > stride).then_some(stride);
+        let t = Transmit {
+            destination,
+            ecn: meta.ecn,
+            contents: chunk,
+            segment_size,
+            src_ip,
+        };
+        let mut tries = 0;
+        let sent = loop {
+            tries += 1;
+            match state.try_send(sock.into(), &t) {
+                Ok(()) => break true,
+                // A connected socket reports an earlier ICMP error on the
+                // next call, and that call sends nothing: once more.
+                Err(e) if is_icmp_error(&e) && tries < 3 => icmp += 1,
+                // quinn-udp turned GSO off for this socket: send the
+                // segments one by one.
+                Err(_) if segment_size.is_some() && state.max_gso_segments() == 1 => {
+                    let mut one_by_one = 0;
+                    for seg in chunk.chunks(stride) {
+                        let t1 = Transmit {
+                            segment_size: None,
+                            contents: seg,
+                            ..t.clone()
+                        };
+                        if state.try_send(sock.into(), &t1).is_err() {
+                            one_by_one += 1;
+                        }
+                    }
+                    dropped += one_by_one;
+                    break true;
+                }
+                Err(e) => {
+                    debug!(to = %unmap(destination), "UDP send: {e}; datagram(s) dropped");
+                    break false;
+                }
+            }
+        };
+        if !sent {
+            dropped += if chunk.is_empty() {
+                1
+            } else {
+                chunk.len().div_ceil(stride) as u64
+            };
+        }
+        if tail.is_empty() {
+            return (dropped, icmp);
+        }
+        rest = tail;
+    }
+}
+
+/// ICMP errors a connected UDP socket reports (port or host unreachable,
+/// and what the kernel makes of others).
+fn is_icmp_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED)
+            | Some(libc::EHOSTUNREACH)
+            | Some(libc::ENETUNREACH)
+            | Some(libc::EPROTO)
+    )
+}
+
+/// The receive slots as quinn-udp wants them.
+fn slices(slots: &mut [u8]) -> [IoSliceMut<'_>; BATCH_SIZE] {
+    let mut it = slots.chunks_mut(SLOT);
+    std::array::from_fn(|_| IoSliceMut::new(it.next().unwrap_or_default()))
+}
+
+impl Engine {
+    /// Serve a UDP listening socket for `mapping`.
+    pub(super) fn add_udp_listener(
+        &mut self,
+        key: Listen,
+        mapping: Arc<Mapping>,
+        sock: UdpSocket,
+    ) -> io::Result<()> {
+        let local = sock.local_addr()?;
+        let state = UdpSocketState::new((&sock).into())?;
+        relay_options(&sock, local.is_ipv6());
+        let generation = self.generation();
+        let entry = self.entries.vacant_entry();
+        epoll::add(
+            &self.epoll,
+            &sock,
+            data(entry.key(), generation, 0),
+            EventFlags::IN | EventFlags::ET,
+        )?;
+        let k = entry.key();
+        entry.insert(Entry::UdpListener(Box::new(UdpListener {
+            sock,
+            state,
+            generation,
+            key,
+            mapping,
+            wildcard: local.ip().is_unspecified(),
+            flows: HashMap::new(),
+        })));
+        // Datagrams may already wait.
+        self.udp_listener_ready(k);
+        Ok(())
+    }
+
+    /// New flows on `key` go to this mapping (reload); live ones keep theirs.
+    pub(super) fn udp_remap(&mut self, key: Listen, mapping: &Arc<Mapping>) {
+        for (_, e) in &mut self.entries {
+            if let Entry::UdpListener(l) = e {
+                if l.key == key {
+                    l.mapping = Arc::clone(mapping);
+                }
+            }
+        }
+    }
+
+    /// Close the UDP listeners `which` picks and their flows: a flow
+    /// answers from its listener's socket, so none outlives it.
+    pub(super) fn udp_unlisten(&mut self, which: impl Fn(&UdpListener) -> bool) {
+        for k in self.keys(|e| matches!(e, Entry::UdpListener(l) if which(l))) {
+            if let Some(Entry::UdpListener(l)) = self.entries.try_remove(k) {
+                for flow in l.flows.into_values() {
+                    if let Some(Entry::Flow(_)) = self.entries.get(flow) {
+                        self.entries.remove(flow);
+                        self.flow_gone();
+                    }
+                }
+            }
+        }
+    }
+
+    fn flow_gone(&mut self) {
+        self.udp.flows -= 1;
+        self.stats.udp.flows_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Re-check every flow's expiry against new settings.
+    pub(super) fn udp_settings_changed(&mut self) {
+        for k in self.keys(|e| matches!(e, Entry::Flow(_))) {
+            self.flow_timer(k);
+        }
+    }
+
+    /// Read the listener's datagrams until none is left (edge-triggered),
+    /// and send each on its client's flow.
+    pub(super) fn udp_listener_ready(&mut self, key: usize) {
+        let mut slots = std::mem::take(&mut self.udp.slots);
+        let mut run = std::mem::take(&mut self.udp.run);
+        let mut meta = [RecvMeta::default(); BATCH_SIZE];
+        while let Some(Entry::UdpListener(l)) = self.entries.get(key) {
+            let n = match l
+                .state
+                .recv((&l.sock).into(), &mut slices(&mut slots), &mut meta)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Nothing a listening socket reports should repeat, but
+                    // an error must not make the loop spin.
+                    debug!(listen = %l.key, "UDP receive: {e}");
+                    break;
+                }
+            };
+            let mut i = 0;
+            while i < n {
+                let end = run_end(&meta[..n], i);
+                let (m, contents) = gather(&meta, &slots, &mut run, i, end);
+                self.client_datagrams(key, &m, contents);
+                i = end;
+            }
+        }
+        self.udp.slots = slots;
+        self.udp.run = run;
+    }
+
+    /// One read from a client (one datagram, or a GRO batch of them).
+    fn client_datagrams(&mut self, key: usize, m: &RecvMeta, contents: &[u8]) {
+        let Some(Entry::UdpListener(l)) = self.entries.get(key) else {
+            return;
+        };
+        let local = if l.wildcard { m.dst_ip } else { None };
+        let flow = match l.flows.get(&m.addr) {
+            Some(&f) => f,
+            None => match self.open_flow(key, m.addr) {
+                Some(f) => f,
+                None => return,
+            },
+        };
+        let Some(Entry::Flow(f)) = self.entries.get(flow) else {
+            return;
+        };
+        let (dropped, icmp) = send(&f.state, &f.sock, f.target, None, m, contents);
+        let n = datagrams(m);
+        let s = &self.stats.udp;
+        add(&s.datagrams_to_backend, n - dropped.min(n));
+        add(&s.bytes_to_backend, contents.len() as u64);
+        add(&s.dropped_send, dropped);
+        add(&s.icmp_errors, icmp);
+        if let Some(Entry::Flow(f)) = self.entries.get_mut(flow) {
+            f.last_active = self.now;
+            if local.is_some() {
+                f.local = local;
+            }
+        }
+    }
+
+    /// Open a flow for `client` on listener `key`: None (the datagram is
+    /// dropped and counted) at udp_max_flows or without a socket.
+    fn open_flow(&mut self, key: usize, client: SocketAddr) -> Option<usize> {
+        if self.udp.flows >= self.settings.udp_max_flows.get() {
+            inc(&self.stats.udp.dropped_max_flows);
+            debug!(client = %unmap(client), "udp_max_flows reached: datagram dropped");
+            return None;
+        }
+        let Some(Entry::UdpListener(l)) = self.entries.get(key) else {
+            return None;
+        };
+        let target = udp_target(&l.mapping, client);
+        let listener = (key, l.generation);
+        let label = l.mapping.label();
+        let sock = match flow_socket(target) {
+            Ok(s) => s,
+            Err((sock, e)) => {
+                inc(&self.stats.udp.dropped_no_socket);
+                if sock && !std::mem::replace(&mut self.udp.starved, true) {
+                    warn!(client = %unmap(client), mapping = %label, "no UDP socket for a new flow: {e}; datagrams from new clients are dropped (and counted) until one can be made");
+                } else {
+                    debug!(client = %unmap(client), mapping = %label, "UDP flow to {target}: {e}; datagram dropped");
+                }
+                return None;
+            }
+        };
+        let generation = self.generation();
+        let entry = self.entries.vacant_entry();
+        let flow_key = entry.key();
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            &sock.0,
+            data(flow_key, generation, 1),
+            EventFlags::IN | EventFlags::ET,
+        ) {
+            inc(&self.stats.udp.dropped_no_socket);
+            warn!(client = %unmap(client), "cannot watch a new UDP flow's socket: {e}");
+            return None;
+        }
+        let due = self.now + ms(self.settings.udp_idle_timeout);
+        entry.insert(Entry::Flow(Box::new(Flow {
+            sock: sock.0,
+            state: sock.1,
+            generation,
+            listener,
+            client,
+            target,
+            local: None,
+            last_active: self.now,
+            timer_at: due,
+        })));
+        self.timers
+            .push(std::cmp::Reverse((due, flow_key, generation)));
+        if let Some(Entry::UdpListener(l)) = self.entries.get_mut(key) {
+            l.flows.insert(client, flow_key);
+        }
+        self.udp.flows += 1;
+        self.udp.starved = false;
+        inc(&self.stats.udp.flows_opened);
+        self.stats.udp.flows_active.fetch_add(1, Ordering::Relaxed);
+        debug!(client = %unmap(client), mapping = %label, "UDP flow opened to {target}");
+        Some(flow_key)
+    }
+
+    /// Read what the backend sent on a flow until none is left, and send
+    /// it to the client from the listening socket.
+    pub(super) fn flow_ready(&mut self, key: usize) {
+        let mut slots = std::mem::take(&mut self.udp.slots);
+        let mut run = std::mem::take(&mut self.udp.run);
+        let mut meta = [RecvMeta::default(); BATCH_SIZE];
+        let mut moved = false;
+        while let Some(Entry::Flow(f)) = self.entries.get(key) {
+            let n = match f
+                .state
+                .recv((&f.sock).into(), &mut slices(&mut slots), &mut meta)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Reported once, then cleared: read on.
+                Err(e) if is_icmp_error(&e) => {
+                    inc(&self.stats.udp.icmp_errors);
+                    continue;
+                }
+                Err(e) => {
+                    debug!(client = %unmap(f.client), "UDP receive from {}: {e}", f.target);
+                    break;
+                }
+            };
+            let Some(Entry::UdpListener(l)) = self.entries.get(f.listener.0) else {
+                break;
+            };
+            if l.generation != f.listener.1 {
+                break;
+            }
+            let s = &self.stats.udp;
+            let mut i = 0;
+            while i < n {
+                let end = run_end(&meta[..n], i);
+                let (m, contents) = gather(&meta, &slots, &mut run, i, end);
+                let (dropped, _) = send(&l.state, &l.sock, f.client, f.local, &m, contents);
+                let count = datagrams(&m);
+                add(&s.datagrams_to_client, count - dropped.min(count));
+                add(&s.bytes_to_client, contents.len() as u64);
+                add(&s.dropped_send, dropped);
+                moved = true;
+                i = end;
+            }
+        }
+        self.udp.slots = slots;
+        self.udp.run = run;
+        if moved {
+            if let Some(Entry::Flow(f)) = self.entries.get_mut(key) {
+                f.last_active = self.now;
+            }
+        }
+    }
+
+    /// A flow's timer: expire it, or queue the timer again for when it
+    /// would expire now.
+    pub(super) fn flow_timer(&mut self, key: usize) {
+        let Some(Entry::Flow(f)) = self.entries.get_mut(key) else {
+            return;
+        };
+        let due = f.last_active + ms(self.settings.udp_idle_timeout);
+        if self.now < due {
+            if due < f.timer_at {
+                f.timer_at = due;
+                self.timers
+                    .push(std::cmp::Reverse((due, key, f.generation)));
+            }
+            return;
+        }
+        let (listener, client) = (f.listener, f.client);
+        debug!(client = %unmap(client), "UDP flow idle for {:?}: closed", self.settings.udp_idle_timeout);
+        self.entries.remove(key);
+        self.flow_gone();
+        inc(&self.stats.udp.flows_expired);
+        if let Some(Entry::UdpListener(l)) = self.entries.get_mut(listener.0) {
+            if l.generation == listener.1 && l.flows.get(&client) == Some(&key) {
+                l.flows.remove(&client);
+            }
+        }
+    }
+}
+
+/// Where a new flow goes: "this machine" is loopback in the family the
+/// client came in (connecting a UDP socket sends nothing, so there is no
+/// second family to fall back to).
+fn udp_target(mapping: &Mapping, client: SocketAddr) -> SocketAddr {
+    let port = mapping.target.port.get();
+    match &mapping.target.host {
+        TargetHost::Ip(ip) => SocketAddr::new(*ip, port),
+        // Refused by validate_for_proxy; loopback keeps this total.
+        TargetHost::Local | TargetHost::Name(_) => {
+            if unmap(client).is_ipv6() {
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
+            } else {
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+            }
+        }
+    }
+}
+
+/// A socket connected to `target` from an ephemeral port. The error says
+/// whether the socket itself could not be made (out of descriptors).
+fn flow_socket(target: SocketAddr) -> Result<(UdpSocket, UdpSocketState), (bool, io::Error)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(
+        Domain::for_address(target),
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )
+    .map_err(|e| (true, e))?;
+    sock.connect(&target.into()).map_err(|e| (false, e))?;
+    let sock: UdpSocket = sock.into();
+    let state = UdpSocketState::new((&sock).into()).map_err(|e| (false, e))?;
+    relay_options(&sock, target.is_ipv6());
+    Ok((sock, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle flow is a socket, this entry and its slot in the listener's
+    /// table: no buffer. The size is what a boxed entry costs on the heap.
+    #[test]
+    fn an_idle_flow_stays_small() {
+        let size = std::mem::size_of::<Flow>();
+        assert!(size <= 256, "a flow is {size} bytes");
+    }
+}

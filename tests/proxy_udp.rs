@@ -1,0 +1,838 @@
+//! UDP through `lowport proxy`: a real QUIC connection (quinn) with
+//! migration, whole datagrams of every size, replies from the address the
+//! client sent to, IPv6, idle expiry, the flow cap, a backend that goes
+//! away and comes back, reloads, socket activation and `protocol: both`.
+//! The real binary, in a namespace, as `nobody`.
+
+mod common;
+mod proxy_support;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::{require_root, retry_eintr, Netns};
+use proxy_support::*;
+
+/// What the test backend does with a datagram, by its first byte.
+const ECHO: u8 = b'e';
+/// Swallow it.
+const SINK: u8 = b's';
+/// Answer with 10 datagrams, 300 ms apart, and nothing else.
+const TALK: u8 = b't';
+/// Echo it as one GSO send of 1200-byte segments (the sender's kernel
+/// keeps the batch whole on loopback, and a receiver with UDP GRO gets it
+/// whole: the relay must hand on the segments, not one merged datagram).
+const GSO: u8 = b'g';
+
+/// Set UDP_SEGMENT (GSO) on a socket: every send is cut into `size`-byte
+/// datagrams; 0 turns it off.
+fn set_gso(s: &UdpSocket, size: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket we own, with a c_int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A UDP backend in a namespace: echoes, swallows or talks (see above),
+/// and records the source address of every datagram. Stopped (its port
+/// closed) on drop or by `stop`.
+struct Backend {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(SocketAddr, usize)>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(ns: &Netns, addr: &str) -> Backend {
+        let addr: SocketAddr = addr.parse().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sock = ns
+            .enter(move || UdpSocket::bind(addr))
+            .expect("bind the UDP backend");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let (s, v) = (Arc::clone(&stop), Arc::clone(&seen));
+        let thread = std::thread::spawn(move || {
+            let sock = Arc::new(sock);
+            let mut buf = vec![0u8; 1 << 16];
+            while !s.load(Ordering::SeqCst) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                v.lock().expect("seen").push((from, n));
+                match buf.first() {
+                    Some(&SINK) => {}
+                    Some(&GSO) => {
+                        let _ = set_gso(&sock, 1200);
+                        let _ = sock.send_to(&buf[..n], from);
+                        let _ = set_gso(&sock, 0);
+                    }
+                    Some(&TALK) => {
+                        let sock = Arc::clone(&sock);
+                        std::thread::spawn(move || {
+                            for i in 0..10u8 {
+                                let _ = sock.send_to(&[TALK, i], from);
+                                std::thread::sleep(Duration::from_millis(300));
+                            }
+                        });
+                    }
+                    _ => {
+                        let _ = sock.send_to(&buf[..n], from);
+                    }
+                }
+            }
+        });
+        Backend {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// The distinct source ports it has seen, in order of first sight.
+    fn ports(&self) -> Vec<u16> {
+        let mut out: Vec<u16> = Vec::new();
+        for (a, _) in self.seen.lock().expect("seen").iter() {
+            if !out.contains(&a.port()) {
+                out.push(a.port());
+            }
+        }
+        out
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().expect("seen").len()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A client socket made in `ns` (a socket stays in the namespace it was
+/// made in, whichever thread uses it), bound to `bind`.
+fn client(ns: &Netns, bind: &str) -> UdpSocket {
+    let bind: SocketAddr = bind.parse().expect("addr");
+    let s = ns
+        .enter(move || UdpSocket::bind(bind))
+        .expect("bind client");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s
+}
+
+/// Receive one datagram (whole: the buffer is larger than any).
+fn recv(s: &UdpSocket) -> std::io::Result<(Vec<u8>, SocketAddr)> {
+    let mut buf = vec![0u8; 1 << 17];
+    let (n, from) = retry_eintr(|| s.recv_from(&mut buf))?;
+    buf.truncate(n);
+    Ok((buf, from))
+}
+
+/// Send `msg` to `to` and expect it back, from `to`.
+fn echo(s: &UdpSocket, to: &str, msg: &[u8]) -> std::io::Result<()> {
+    let to: SocketAddr = to.parse().expect("addr");
+    s.send_to(msg, to)?;
+    let (back, from) = recv(s)?;
+    if back != msg || from != to {
+        return Err(std::io::Error::other(format!(
+            "echo mismatch: {} bytes from {from}, sent {} to {to}",
+            back.len(),
+            msg.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Nothing arrives within `within`.
+fn silent(s: &UdpSocket, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let r = recv(s);
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    r.is_err()
+}
+
+/// The UDP counters, as the proxy logs them on SIGUSR1.
+fn counters(proxy: &Proxy) -> HashMap<String, u64> {
+    proxy.signal(libc::SIGUSR1);
+    let line = proxy.expect_line("udp counters (SIGUSR1)", Duration::from_secs(10));
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
+}
+
+/// A test's private directory, removed when the test ends (also on failure).
+type Dir = TempDir;
+
+fn udp_config(dir_tag: &str, extra: &str) -> (Dir, std::path::PathBuf) {
+    let dir = temp_dir(dir_tag);
+    let cfg = write_config(
+        &dir,
+        &format!("mappings:\n  - {{listen: 9443, to: 8443, protocol: udp}}\n{extra}"),
+    );
+    (dir, cfg)
+}
+
+/// A datagram of `len` bytes for flow `flow`, number `seq`: both ends can
+/// tell it apart and check every byte.
+fn datagram(flow: u64, seq: u64, len: usize) -> Vec<u8> {
+    let mut d = vec![0u8; len];
+    pattern(flow << 32 | seq, 0, &mut d);
+    if len > 0 {
+        d[0] = ECHO;
+    }
+    d
+}
+
+#[test]
+fn datagrams_arrive_whole_and_in_order_with_exact_counts() {
+    if !require_root("datagrams_arrive_whole_and_in_order_with_exact_counts") {
+        return;
+    }
+    let ns = Netns::new("pxudpint");
+    let _backend = Backend::start(&ns, "127.0.0.1:8443");
+    let (_dir, cfg) = udp_config("udpint", "");
+    let proxy = Launch::new(&ns, &cfg).start();
+    let line = proxy.log_text();
+    assert!(line.contains("[::]:9443/udp -> 8443"), "{line}");
+
+    // Every size from 0 to 65,507 in steps, and the edges exactly.
+    let mut sizes: Vec<usize> = (0..=65_507).step_by(997).collect();
+    sizes.extend([1, 2, 1199, 1200, 1201, 1472, 1473, 8192, 65_506, 65_507]);
+    const FLOWS: u64 = 12;
+    // A socket's receive buffer (net.core.rmem_default, 208 KiB) holds
+    // only a few datagrams of 64 KiB: the kernel would drop the rest of
+    // twelve at once, at the proxy's listener or the backend, before any
+    // relay saw them. Large datagrams take turns; small ones overlap.
+    let large = Arc::new(Mutex::new(()));
+    let mut threads = Vec::new();
+    for flow in 0..FLOWS {
+        let s = client(&ns, "127.0.0.1:0");
+        let sizes = sizes.clone();
+        let large = Arc::clone(&large);
+        threads.push(std::thread::spawn(move || -> (u64, u64) {
+            let to: SocketAddr = "127.0.0.1:9443".parse().expect("addr");
+            let (mut count, mut bytes) = (0u64, 0u64);
+            let mut seq = 0u64;
+            // Windows of up to 8 small datagrams, then one at a time for
+            // large ones (the socket buffers hold a few hundred KiB): order
+            // is checked within each window.
+            let mut i = 0;
+            while i < sizes.len() {
+                let window: Vec<usize> = if sizes[i] <= 1500 {
+                    sizes[i..]
+                        .iter()
+                        .take(8)
+                        .take_while(|&&n| n <= 1500)
+                        .copied()
+                        .collect()
+                } else {
+                    vec![sizes[i]]
+                };
+                let sent: Vec<Vec<u8>> = window
+                    .iter()
+                    .map(|&n| {
+                        seq += 1;
+                        datagram(flow, seq, n)
+                    })
+                    .collect();
+                let _turn = (sent[0].len() > 1500).then(|| large.lock().expect("turn"));
+                for d in &sent {
+                    s.send_to(d, to).expect("send");
+                }
+                for d in &sent {
+                    let (back, from) = recv(&s).unwrap_or_else(|e| {
+                        panic!("flow {flow}: no answer to a {}-byte datagram: {e}", d.len())
+                    });
+                    assert_eq!(from, to);
+                    assert_eq!(back.len(), d.len(), "flow {flow}: datagram cut or merged");
+                    assert!(back == *d, "flow {flow}: datagram out of order or changed");
+                    count += 1;
+                    bytes += d.len() as u64;
+                }
+                i += window.len();
+            }
+            (count, bytes)
+        }));
+    }
+    let (mut count, mut bytes) = (0, 0);
+    for t in threads {
+        let (c, b) = t.join().expect("flow thread");
+        count += c;
+        bytes += b;
+    }
+    let c = counters(&proxy);
+    assert_eq!(c["udp_flows_opened"], FLOWS, "{c:?}");
+    assert_eq!(c["udp_datagrams_to_backend"], count, "{c:?}");
+    assert_eq!(c["udp_datagrams_to_client"], count, "{c:?}");
+    assert_eq!(c["udp_bytes_to_backend"], bytes, "{c:?}");
+    assert_eq!(c["udp_bytes_to_client"], bytes, "{c:?}");
+    assert_eq!(c["udp_dropped_send"], 0, "{c:?}");
+}
+
+/// Batches sent with GSO, by the client and by the backend, reach the
+/// far end as the datagrams that were sent: never merged, never more.
+#[test]
+fn gso_batches_arrive_as_the_datagrams_sent() {
+    if !require_root("gso_batches_arrive_as_the_datagrams_sent") {
+        return;
+    }
+    let ns = Netns::new("pxudpgso");
+    let backend = Backend::start(&ns, "127.0.0.1:8443");
+    let (_dir, cfg) = udp_config("udpgso", "");
+    let proxy = Launch::new(&ns, &cfg).start();
+    let to: SocketAddr = "127.0.0.1:9443".parse().expect("addr");
+    let s = client(&ns, "127.0.0.1:0");
+    // 10 full segments and a short one, in each direction.
+    let mut batch = datagram(1, 1, 12_500);
+    for (i, seg) in batch.chunks_mut(1200).enumerate() {
+        seg[0] = ECHO;
+        seg[1] = i as u8;
+    }
+    set_gso(&s, 1200).expect("UDP_SEGMENT");
+    s.send_to(&batch, to).expect("send a GSO batch");
+    set_gso(&s, 0).expect("UDP_SEGMENT off");
+    for (i, seg) in batch.chunks(1200).enumerate() {
+        let (d, _) = recv(&s).unwrap_or_else(|e| panic!("segment {i}: {e}"));
+        assert_eq!(d, seg, "segment {i}");
+    }
+    assert!(
+        silent(&s, Duration::from_millis(300)),
+        "more datagrams than sent"
+    );
+    assert_eq!(
+        backend.count(),
+        11,
+        "the backend got the batch cut differently"
+    );
+
+    let mut batch = datagram(2, 1, 12_500);
+    batch[0] = GSO;
+    s.send_to(&batch, to).expect("ask for a GSO answer");
+    for (i, seg) in batch.chunks(1200).enumerate() {
+        let (d, _) = recv(&s).unwrap_or_else(|e| panic!("answer segment {i}: {e}"));
+        assert_eq!(d, seg, "answer segment {i}");
+    }
+    assert!(
+        silent(&s, Duration::from_millis(300)),
+        "more datagrams than sent"
+    );
+
+    // A burst of single datagrams, equal but the last: the relay may send
+    // a run of them as one GSO batch; each still arrives on its own, in
+    // order.
+    let burst: Vec<Vec<u8>> = (0..40)
+        .map(|i| datagram(3, i, if i == 39 { 700 } else { 1200 }))
+        .collect();
+    for d in &burst {
+        s.send_to(d, to).expect("send");
+    }
+    for (i, d) in burst.iter().enumerate() {
+        let (back, _) = recv(&s).unwrap_or_else(|e| panic!("burst datagram {i}: {e}"));
+        assert!(
+            back == *d,
+            "burst datagram {i}: {} bytes, changed or out of order",
+            back.len()
+        );
+    }
+    assert!(
+        silent(&s, Duration::from_millis(300)),
+        "more datagrams than sent"
+    );
+    assert_eq!(backend.count(), 12 + 40);
+    let c = counters(&proxy);
+    assert_eq!(c["udp_datagrams_to_backend"], 52, "{c:?}");
+    assert_eq!(c["udp_datagrams_to_client"], 62, "{c:?}");
+}
+
+/// A wildcard listener on a host with two addresses: a client whose
+/// socket is connected to the second address accepts only replies from
+/// it, so the proxy must answer from the address the client sent to.
+/// Also IPv6 (with the IPv6 maximum payload) and an IPv4 client on the
+/// same dual-stack socket.
+#[test]
+fn replies_come_from_the_address_the_client_used() {
+    if !require_root("replies_come_from_the_address_the_client_used") {
+        return;
+    }
+    let ns = Netns::new("pxudpaddr");
+    ns.ok("ip", &["addr", "add", "10.77.0.2/32", "dev", "lo"]);
+    ns.ok(
+        "ip",
+        &["addr", "add", "fd00:77::2/128", "dev", "lo", "nodad"],
+    );
+    let _b4 = Backend::start(&ns, "127.0.0.1:8443");
+    let _b6 = Backend::start(&ns, "[::1]:8443");
+    let (_dir, cfg) = udp_config("udpaddr", "");
+    let proxy = Launch::new(&ns, &cfg).start();
+
+    for (bind, to) in [
+        ("127.0.0.1:0", "10.77.0.2:9443"),
+        ("[::1]:0", "[fd00:77::2]:9443"),
+        ("127.0.0.1:0", "127.0.0.1:9443"),
+        ("[::1]:0", "[::1]:9443"),
+    ] {
+        let s = client(&ns, bind);
+        s.connect(to).expect("connect the client's socket");
+        let msg = datagram(1, 1, 300);
+        s.send(&msg).expect("send");
+        let mut buf = vec![0u8; 1 << 16];
+        let n = retry_eintr(|| s.recv(&mut buf)).unwrap_or_else(|e| {
+            panic!(
+                "{bind} -> {to}: no reply from {to}: {e}\n{}",
+                proxy.log_text()
+            )
+        });
+        assert_eq!(&buf[..n], &msg[..], "{bind} -> {to}");
+    }
+    // The largest IPv6 payload, whole.
+    let s = client(&ns, "[::1]:0");
+    echo(&s, "[::1]:9443", &datagram(2, 1, 65_527)).expect("65,527 bytes over IPv6");
+    let c = counters(&proxy);
+    assert_eq!(c["udp_flows_opened"], 5, "{c:?}");
+}
+
+/// Traffic in one direction only keeps a flow (the backend sees one source
+/// port); with none for udp_idle_timeout it expires, and the next datagram
+/// opens a new flow that works.
+#[test]
+fn idle_expiry_counts_both_directions() {
+    if !require_root("idle_expiry_counts_both_directions") {
+        return;
+    }
+    let ns = Netns::new("pxudpidle");
+    let backend = Backend::start(&ns, "127.0.0.1:8443");
+    let (_dir, cfg) = udp_config("udpidle", "proxy:\n  udp_idle_timeout: 1s\n");
+    let proxy = Launch::new(&ns, &cfg).start();
+    let s = client(&ns, "127.0.0.1:0");
+    let to = "127.0.0.1:9443";
+
+    // Client → backend only, for three timeouts.
+    for _ in 0..10 {
+        s.send_to(&[SINK], to).expect("send");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(wait_until(Duration::from_secs(5), || backend.count() >= 10));
+    assert_eq!(
+        backend.ports().len(),
+        1,
+        "the flow ended while the client sent"
+    );
+
+    // Backend → client only: one datagram asks for ten answers over 3 s.
+    s.send_to(&[TALK], to).expect("send");
+    for i in 0..10u8 {
+        let (d, _) = recv(&s).unwrap_or_else(|e| panic!("answer {i} lost: {e}"));
+        assert_eq!(d, [TALK, i]);
+    }
+    assert_eq!(counters(&proxy)["udp_flows_expired"], 0);
+
+    // Silence: the flow expires.
+    let c = wait_until(Duration::from_secs(10), || {
+        counters(&proxy)["udp_flows_expired"] == 1
+    });
+    assert!(c, "the idle flow did not expire");
+    echo(&s, to, &datagram(1, 1, 100)).expect("a new flow after expiry");
+    let ports = backend.ports();
+    assert_eq!(ports.len(), 2, "expected a new flow: {ports:?}");
+}
+
+/// At udp_max_flows, datagrams from new clients are dropped and counted;
+/// the flows that exist go on, and a new client is served once one expires.
+#[test]
+fn max_flows_drops_new_clients_only() {
+    if !require_root("max_flows_drops_new_clients_only") {
+        return;
+    }
+    let ns = Netns::new("pxudpmax");
+    let _backend = Backend::start(&ns, "127.0.0.1:8443");
+    let (_dir, cfg) = udp_config(
+        "udpmax",
+        "proxy:\n  udp_max_flows: 2\n  udp_idle_timeout: 1s\n",
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+    let to = "127.0.0.1:9443";
+    let a = client(&ns, "127.0.0.1:0");
+    let b = client(&ns, "127.0.0.1:0");
+    let c = client(&ns, "127.0.0.1:0");
+    echo(&a, to, &datagram(1, 1, 10)).expect("a");
+    echo(&b, to, &datagram(2, 1, 10)).expect("b");
+    c.send_to(&datagram(3, 1, 10), to).expect("send");
+    assert!(
+        silent(&c, Duration::from_millis(500)),
+        "a third flow was served"
+    );
+    echo(&a, to, &datagram(1, 2, 10)).expect("a after the cap");
+    echo(&b, to, &datagram(2, 2, 10)).expect("b after the cap");
+    let n = counters(&proxy);
+    assert_eq!(n["udp_dropped_max_flows"], 1, "{n:?}");
+    assert_eq!(n["udp_flows_opened"], 2, "{n:?}");
+    // a and b fall silent and expire; c is served.
+    assert!(wait_until(Duration::from_secs(10), || {
+        counters(&proxy)["udp_flows_expired"] == 2
+    }));
+    echo(&c, to, &datagram(3, 2, 10)).expect("c once the others expired");
+}
+
+/// The backend goes away (ICMP port unreachable for each datagram) and
+/// comes back: the errors are counted, the proxy does not spin, and the
+/// same flow carries on.
+#[test]
+fn backend_down_then_up_keeps_the_flow() {
+    if !require_root("backend_down_then_up_keeps_the_flow") {
+        return;
+    }
+    let ns = Netns::new("pxudpdown");
+    let mut backend = Backend::start(&ns, "127.0.0.1:8443");
+    let (_dir, cfg) = udp_config("udpdown", "");
+    let proxy = Launch::new(&ns, &cfg).start();
+    let s = client(&ns, "127.0.0.1:0");
+    let to = "127.0.0.1:9443";
+    echo(&s, to, &datagram(1, 1, 50)).expect("before");
+    let port = backend.ports()[0];
+    backend.stop();
+
+    let before = proxy.cpu_ticks();
+    for i in 0..20 {
+        s.send_to(&datagram(1, 100 + i, 50), to).expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let used = proxy.cpu_ticks() - before;
+    assert!(
+        used <= 20,
+        "proxy used {used} ticks in 2 s with the backend down"
+    );
+    let c = counters(&proxy);
+    assert!(c["udp_icmp_errors"] >= 1, "{c:?}");
+    assert_eq!(c["udp_flows_active"], 1, "{c:?}");
+
+    let backend = Backend::start(&ns, "127.0.0.1:8443");
+    echo(&s, to, &datagram(1, 2, 50)).expect("after the backend came back");
+    assert_eq!(backend.ports(), vec![port], "not the same flow");
+}
+
+/// SIGHUP adds a UDP mapping and removes it again; a live flow on a kept
+/// mapping goes on throughout.
+#[test]
+fn sighup_adds_and_removes_udp_mappings() {
+    if !require_root("sighup_adds_and_removes_udp_mappings") {
+        return;
+    }
+    let ns = Netns::new("pxudphup");
+    let backend = Backend::start(&ns, "127.0.0.1:8443");
+    let (dir, cfg) = udp_config("udphup", "");
+    let proxy = Launch::new(&ns, &cfg).start();
+    let live = client(&ns, "127.0.0.1:0");
+    echo(&live, "127.0.0.1:9443", &datagram(1, 1, 10)).expect("before");
+
+    write_config(
+        &dir,
+        "mappings:\n  - {listen: 9443, to: 8443, protocol: udp}\n  - {listen: 9444, to: 8443, protocol: udp}\n",
+    );
+    proxy.signal(libc::SIGHUP);
+    proxy.expect_line("reloaded configuration", Duration::from_secs(10));
+    echo(&live, "127.0.0.1:9443", &datagram(1, 2, 10)).expect("live flow after a reload");
+    let added = client(&ns, "127.0.0.1:0");
+    echo(&added, "127.0.0.1:9444", &datagram(2, 1, 10)).expect("the added mapping");
+
+    write_config(
+        &dir,
+        "mappings:\n  - {listen: 9443, to: 8443, protocol: udp}\n",
+    );
+    proxy.signal(libc::SIGHUP);
+    proxy.expect_line("reloaded configuration", Duration::from_secs(10));
+    added
+        .send_to(&datagram(2, 2, 10), "127.0.0.1:9444")
+        .expect("send");
+    assert!(
+        silent(&added, Duration::from_millis(500)),
+        "9444 still served"
+    );
+    echo(&live, "127.0.0.1:9443", &datagram(1, 3, 10)).expect("live flow after removal");
+    // The live flow never changed its source port.
+    let ports = backend.ports();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+
+    // SIGTERM: UDP has no end of stream to wait for; the flows close and
+    // the proxy exits at once.
+    let mut proxy = proxy;
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    live.send_to(&datagram(1, 4, 10), "127.0.0.1:9443")
+        .expect("send");
+    assert!(
+        silent(&live, Duration::from_millis(300)),
+        "served after SIGTERM"
+    );
+}
+
+/// `protocol: both` serves TCP and UDP on one port.
+#[test]
+fn protocol_both_serves_tcp_and_udp_on_one_port() {
+    if !require_root("protocol_both_serves_tcp_and_udp_on_one_port") {
+        return;
+    }
+    let ns = Netns::new("pxudpboth");
+    echo_server(&ns, "127.0.0.1:8443");
+    let _backend = Backend::start(&ns, "127.0.0.1:8443");
+    let dir = temp_dir("udpboth");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - {name: web, listen: 9443, to: 8443, protocol: both}\n",
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+    let line = proxy.log_text();
+    assert!(line.contains("[::]:9443 -> 8443"), "{line}");
+    assert!(line.contains("[::]:9443/udp -> 8443"), "{line}");
+    let mut c = connect_in(&ns, "127.0.0.1:9443").expect("tcp");
+    round_trip(&mut c, b"over tcp").expect("tcp echo");
+    let s = client(&ns, "127.0.0.1:0");
+    echo(&s, "127.0.0.1:9443", &datagram(1, 1, 1200)).expect("udp echo");
+}
+
+/// PROXY headers cannot go over UDP: a config error naming the mapping.
+#[test]
+fn proxy_protocol_on_udp_is_a_config_error() {
+    if !require_root("proxy_protocol_on_udp_is_a_config_error") {
+        return;
+    }
+    let ns = Netns::new("pxudppp");
+    let dir = temp_dir("udppp");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - {name: h3, listen: 9443, to: 8443, protocol: udp, proxy_protocol: v2}\n",
+    );
+    let out = ns.lowport(&["-c", cfg.to_str().expect("path"), "proxy"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"h3\"") && err.contains("proxy_protocol"),
+        "{err}"
+    );
+}
+
+/// systemd-socket-activate passes a datagram socket on :443; the proxy,
+/// with no capability, serves it.
+#[test]
+fn socket_activation_passes_a_datagram_socket() {
+    if !require_root("socket_activation_passes_a_datagram_socket") {
+        return;
+    }
+    if !have("systemd-socket-activate") {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "systemd-socket-activate missing under CI"
+        );
+        eprintln!("SKIPPED: systemd-socket-activate missing");
+        return;
+    }
+    let ns = Netns::new("pxudpsock");
+    let _backend = Backend::start(&ns, "127.0.0.1:8443");
+    let dir = temp_dir("udpsock");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - {name: h3, listen: \"0.0.0.0:443\", to: 8443, protocol: udp}\n",
+    );
+    let mut launch = Launch::new(&ns, &cfg);
+    launch.wrapper = vec![
+        "systemd-socket-activate".into(),
+        "--datagram".into(),
+        "--listen=0.0.0.0:443".into(),
+        "--fdname=h3".into(),
+    ];
+    let proxy = launch.spawn();
+    proxy.expect_line("Listening on", Duration::from_secs(10));
+    let s = client(&ns, "127.0.0.1:0");
+    // The first datagram starts the service, which then reads it.
+    echo(&s, "127.0.0.1:443", &datagram(1, 1, 1200)).expect("through the passed socket");
+    let log = proxy.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("lowport proxy listening"))
+        .unwrap_or_else(|| panic!("no start-up line:\n{log}"));
+    assert!(line.contains("0.0.0.0:443/udp"), "{line}");
+    assert!(line.contains("socket-activated"), "{line}");
+    assert!(line.contains("started as unprivileged"), "{line}");
+}
+
+/// A real QUIC connection through the proxy on 443/udp: the proxy starts
+/// as root, binds 443 and drops every capability; quinn's handshake and
+/// several streams go through byte for byte; then the client moves to a
+/// new local port (migration) and the connection survives.
+#[test]
+fn quic_through_the_proxy_survives_migration() {
+    if !require_root("quic_through_the_proxy_survives_migration") {
+        return;
+    }
+    let ns = Netns::new("pxquic");
+    let dir = temp_dir("quic");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - {name: h3, listen: 443, to: 8443, protocol: udp}\n",
+    );
+    let mut launch = Launch::new(&ns, &cfg);
+    launch.user = None; // as root: lowport switches to nobody itself
+    let proxy = launch.start();
+    // After binding 443/udp: no capability, not root, no_new_privs.
+    let status = proxy.status();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {key} in status:\n{status}"))
+            .to_owned()
+    };
+    for key in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        assert_eq!(field(key), "0000000000000000", "{key}\n{status}");
+    }
+    assert!(
+        field("Uid").split_whitespace().all(|u| u != "0"),
+        "{status}"
+    );
+    assert_eq!(field("NoNewPrivs"), "1", "{status}");
+
+    let server_sock = ns
+        .enter(|| UdpSocket::bind("127.0.0.1:8443"))
+        .expect("bind the QUIC server");
+    let client_sock = ns
+        .enter(|| UdpSocket::bind("127.0.0.1:0"))
+        .expect("bind the QUIC client");
+    let moved_sock = ns
+        .enter(|| UdpSocket::bind("127.0.0.1:0"))
+        .expect("bind the client's second socket");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = rt.block_on(async move {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            quic_exchange(server_sock, client_sock, moved_sock),
+        )
+        .await
+    });
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("QUIC through the proxy: {e}\n{}", proxy.log_text()),
+        Err(_) => panic!("QUIC through the proxy timed out\n{}", proxy.log_text()),
+    }
+    let c = counters(&proxy);
+    // The migration was a second flow (new client port), the first one's
+    // datagrams stopped.
+    assert_eq!(c["udp_flows_opened"], 2, "{c:?}");
+}
+
+async fn quic_exchange(
+    server_sock: UdpSocket,
+    client_sock: UdpSocket,
+    moved_sock: UdpSocket,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use quinn::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let cert_der: CertificateDer<'static> = cert.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    let server_config = quinn::ServerConfig::with_single_cert(vec![cert_der.clone()], key)?;
+    let runtime = quinn::default_runtime().ok_or("no quinn runtime")?;
+    let server = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        server_sock,
+        Arc::clone(&runtime),
+    )?;
+    let mut roots = quinn::rustls::RootCertStore::empty();
+    roots.add(cert_der)?;
+    let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
+    let mut client =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, client_sock, runtime)?;
+    client.set_default_client_config(client_config);
+
+    // The server echoes every stream, reversed, so a reply cannot pass for
+    // the request.
+    let serve = tokio::spawn(async move {
+        let incoming = server.accept().await.ok_or("no incoming connection")?;
+        let conn = incoming.await?;
+        let mut handled = 0;
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let mut data = recv.read_to_end(1 << 22).await?;
+            data.reverse();
+            send.write_all(&data).await?;
+            send.finish()?;
+            handled += 1;
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(handled)
+    });
+
+    let proxy: SocketAddr = "127.0.0.1:443".parse()?;
+    let conn = client.connect(proxy, "localhost")?.await?;
+    let exchange = |conn: quinn::Connection, seed: u64, len: usize| async move {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let mut data = vec![0u8; len];
+        pattern(seed, 0, &mut data);
+        send.write_all(&data).await?;
+        send.finish()?;
+        let mut back = recv.read_to_end(1 << 22).await?;
+        back.reverse();
+        if back != data {
+            return Err::<(), Box<dyn std::error::Error>>(
+                format!(
+                    "stream {seed}: {} bytes back, not the {len} sent",
+                    back.len()
+                )
+                .into(),
+            );
+        }
+        Ok(())
+    };
+    for (seed, len) in [(1u64, 1usize), (2, 1200), (3, 100_000), (4, 1 << 20)] {
+        exchange(conn.clone(), seed, len).await?;
+    }
+    // Migration: a new local port mid-connection.
+    let before = conn.remote_address();
+    client.rebind(moved_sock)?;
+    for (seed, len) in [(5u64, 5000usize), (6, 300_000)] {
+        exchange(conn.clone(), seed, len).await?;
+    }
+    if conn.close_reason().is_some() {
+        return Err("the connection closed after the rebind".into());
+    }
+    if conn.remote_address() != before {
+        return Err("the server's address changed".into());
+    }
+    conn.close(0u32.into(), b"done");
+    client.wait_idle().await;
+    let handled = serve.await?.map_err(|e| format!("server: {e}"))?;
+    if handled != 6 {
+        return Err(format!("the server handled {handled} streams, not 6").into());
+    }
+    Ok(())
+}

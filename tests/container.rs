@@ -779,6 +779,61 @@ fn rules_unit_at_boot_through_firewall_restarts_and_purge() {
     rules_unit_lifecycle(&release);
 }
 
+/// `lowport rules watch` as the package's unit runs it: ready (Type=notify)
+/// once the first apply is in, the rules survive `nft flush ruleset` and
+/// `nft -f` of a config that flushes, a reload re-applies, and a stop
+/// removes the rules and restores route_localnet.
+#[test]
+fn watch_unit_keeps_the_rules_through_a_flush() {
+    if !require_container("watch_unit_keeps_the_rules_through_a_flush") {
+        return;
+    }
+    let (release, _) = host_mirror().expect("mirror");
+    let c = Container::boot(&release);
+    c.install_package();
+    c.ok("cp /usr/share/doc/lowport/examples/04-loopback-backend.yaml /etc/lowport/lowport.yaml");
+    c.start_backend("127.0.0.1:8080");
+    let localnet = "net.ipv4.conf.all.route_localnet";
+    assert_eq!(c.sysctl(localnet), "0");
+    // Type=notify: start returns once the watch said READY=1.
+    c.ok("systemctl start lowport-rules-watch.service");
+    assert_eq!(
+        c.prop("lowport-rules-watch.service", "ActiveState"),
+        "active"
+    );
+    assert!(
+        table_present(&c),
+        "no lowport table once the watch is ready"
+    );
+    assert_eq!(c.sysctl(localnet), "1");
+    c.wait_served("127.0.0.1:80");
+    eprintln!("{release}: {}", c.exposure("lowport-rules-watch.service"));
+
+    c.ok("nft flush ruleset");
+    assert!(table_present(&c), "the table went with a flush");
+    c.wait_served("127.0.0.1:80");
+    c.ok("printf 'flush ruleset\\ntable inet filter {\\n chain input { type filter hook input priority 0; policy accept; }\\n}\\n' > /tmp/fw.nft && nft -f /tmp/fw.nft");
+    assert!(table_present(&c), "the table went with nft -f");
+    c.wait_served("127.0.0.1:80");
+    c.ok("systemctl reload lowport-rules-watch.service");
+    c.wait_jobs_done();
+    assert_eq!(
+        c.prop("lowport-rules-watch.service", "ActiveState"),
+        "active"
+    );
+    c.wait_served("127.0.0.1:80");
+
+    c.ok("systemctl stop lowport-rules-watch.service");
+    assert!(!table_present(&c), "the table outlived the watch's stop");
+    assert_eq!(
+        c.sysctl(localnet),
+        "0",
+        "route_localnet not restored on stop"
+    );
+    assert_eq!(c.prop("lowport-rules-watch.service", "Result"), "success");
+    assert_clean_journal(&c, "lowport-rules-watch.service");
+}
+
 #[test]
 fn rules_unit_on_debian_13() {
     if !require_container("rules_unit_on_debian_13") {

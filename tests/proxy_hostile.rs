@@ -7,32 +7,12 @@ mod common;
 mod proxy_support;
 
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::Shutdown;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{require_root, Netns};
 use proxy_support::*;
-
-/// A backend that hands each accepted socket to the test, which decides
-/// what happens to it.
-fn held_backend(ns: &Netns, addr: &str) -> mpsc::Receiver<TcpStream> {
-    let addr: SocketAddr = addr.parse().expect("addr");
-    let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    spawn_in(ns, move || {
-        let listener = TcpListener::bind(addr).expect("bind backend");
-        ready_tx.send(()).expect("ready");
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            if tx.send(conn).is_err() {
-                return;
-            }
-        }
-    });
-    ready_rx.recv().expect("backend started");
-    rx
-}
 
 /// Is the process stopped (state T in /proc/PID/stat)?
 fn stopped(pid: u32) -> bool {

@@ -607,24 +607,6 @@ fn fin_timeout_ends_a_half_closed_connection() {
     assert!(line.contains("fin_timeouts=1"), "{line}");
 }
 
-/// A backend that hands each accepted socket to the test.
-fn held_backend(ns: &Netns, addr: &str) -> mpsc::Receiver<TcpStream> {
-    let addr: SocketAddr = addr.parse().expect("addr");
-    let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    spawn_in(ns, move || {
-        let listener = TcpListener::bind(addr).expect("bind backend");
-        ready_tx.send(()).expect("ready");
-        for conn in listener.incoming().map_while(Result::ok) {
-            if tx.send(conn).is_err() {
-                return;
-            }
-        }
-    });
-    ready_rx.recv().expect("backend started");
-    rx
-}
-
 /// A bulk sender that pauses without a FIN: the direction has moved to
 /// splice, the splice that finds the socket empty (EAGAIN) must clear its
 /// readiness, and the paused connection costs no CPU. Every bulk stream in

@@ -573,6 +573,24 @@ pub fn echo_server(ns: &Netns, addr: &str) {
     rx.recv().expect("echo server started");
 }
 
+/// A backend that hands each accepted socket to the test.
+pub fn held_backend(ns: &Netns, addr: &str) -> mpsc::Receiver<TcpStream> {
+    let addr: SocketAddr = addr.parse().expect("addr");
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    spawn_in(ns, move || {
+        let listener = TcpListener::bind(addr).expect("bind backend");
+        ready_tx.send(()).expect("ready");
+        for conn in listener.incoming().map_while(Result::ok) {
+            if tx.send(conn).is_err() {
+                return;
+            }
+        }
+    });
+    ready_rx.recv().expect("backend started");
+    rx
+}
+
 /// Connect from inside `ns` (the calling thread must not be in it: a
 /// helper thread does the connecting and returns the socket).
 pub fn connect_in(ns: &Netns, addr: &str) -> std::io::Result<TcpStream> {

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 /// What the root holds besides the `apt` variant's essentials: systemd as
 /// init, both firewalls; the package's own dependencies (libnftnl, libmnl)
 /// come with nftables. iproute2, procps and libcap2-bin are for the root
-/// tests run on Debian 13 (`ip netns`, `sysctl`, `setcap`, `conntrack`).
+/// tests run on Debian 13 (`ip netns`, `sysctl`, `setcap`, `conntrack`,
+/// and `useradd` from passwd for the throwaway users).
 const PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -34,6 +35,7 @@ const PACKAGES: &[&str] = &[
     "procps",
     "libcap2-bin",
     "conntrack",
+    "passwd",
 ];
 /// The release the suite is also run on, from the same mirror.
 const OTHER_RELEASE: &str = "trixie";

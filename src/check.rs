@@ -229,6 +229,7 @@ pub fn run(config: &Config, plan: &RulePlan, source: &Source) -> Report {
             (None, choice.0.to_string())
         }
     };
+    check_state(&mut f, &apply);
     let proxy_pids: Vec<&Socket> = sockets
         .all
         .iter()
@@ -708,6 +709,26 @@ fn check_target(f: &mut Findings, m: &Mapping, sockets: &Listeners) {
                 format!("{label}: {l4} {} ← {}", s.addr, s.owner()),
             );
         }
+    }
+}
+
+/// lowport's own state: an apply or remove that never finished (killed,
+/// power lost) may have left part of the old and part of the new rules.
+fn check_state(f: &mut Findings, apply: &str) {
+    let dir = firewall::ledger::state_dir();
+    match firewall::ledger::Ledger::peek(&dir) {
+        Ok(Some(snap)) => {
+            if let Some(op) = snap.pending {
+                f.push(
+                    Status::Problem,
+                    "state",
+                    format!("an earlier `lowport {op}` was interrupted; the rules and sysctls may be half changed"),
+                    Some(format!("{apply} again (or `lowport rules remove`)")),
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => f.push(Status::Problem, "state", format!("{e}"), None),
     }
 }
 

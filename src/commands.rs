@@ -127,6 +127,9 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
                 return Ok(());
             }
             let outcome = firewall::apply(backend.as_mut(), &plan, &config.rules)?;
+            if let Some(op) = outcome.repaired {
+                println!("lowport: replaced what an interrupted `lowport {op}` left");
+            }
             println!(
                 "lowport: {} mapping(s) installed as {} {} rule(s) in {}",
                 config.mappings.len(),
@@ -149,6 +152,9 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
             let config = optional_config(global)?;
             let mut backend = backend_for(backend, config.as_ref())?;
             let outcome = firewall::remove(backend.as_mut())?;
+            if let Some(op) = outcome.repaired {
+                println!("lowport: removed what an interrupted `lowport {op}` left");
+            }
             println!("lowport: rules removed ({})", backend.name());
             for (s, v) in outcome.sysctls {
                 println!("lowport: restored {s}={v}");

@@ -758,7 +758,7 @@ fn check_sysctl(f: &mut Findings, s: Sysctl, config: &Config, needed: bool, appl
 // ------------------------------------------------------- other firewalls
 
 fn nft_ruleset() -> Option<Value> {
-    let out = Command::new("nft")
+    let out = Command::new(firewall::system_program("nft"))
         .args(["-j", "list", "ruleset"])
         .output()
         .ok()?;

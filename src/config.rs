@@ -19,6 +19,8 @@ use crate::mapping::{Listen, Mapping, Protocol, ProxyProtocol, Target, TargetHos
 
 /// Where the configuration comes from when neither `-c` nor `-m` is given.
 pub const DEFAULT_CONFIG: &str = "/etc/lowport/lowport.yaml";
+/// The largest config file lowport reads (a thousand mappings are 100 KB).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
 
 /// Proxy-mode settings (`proxy:` section), validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +121,8 @@ pub enum ConfigError {
         source: std::io::Error,
         hint: &'static str,
     },
+    #[error("{} is {why}; lowport runs as root and will not read a file another user can change: `chown root: {} && chmod go-w {}` (and the same for the directory)", path.display(), path.display(), path.display())]
+    Unsafe { path: PathBuf, why: String },
     #[error("{}: {}", path.display(), syntax_message(error))]
     Syntax {
         path: PathBuf,
@@ -152,14 +156,17 @@ fn strip_location(msg: &str) -> &str {
 pub fn load(source: &Source) -> Result<Config, ConfigError> {
     let mut config = match source.effective_file() {
         Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
-                hint: if e.kind() == std::io::ErrorKind::NotFound && source.file.is_none() {
-                    "; pass a file with -c FILE or mappings with -m 80:8080"
-                } else {
-                    ""
+            let text = read_file(&path).map_err(|e| match e {
+                ReadError::Io(e) => ConfigError::Read {
+                    hint: if e.kind() == std::io::ErrorKind::NotFound && source.file.is_none() {
+                        "; pass a file with -c FILE or mappings with -m 80:8080"
+                    } else {
+                        ""
+                    },
+                    path: path.clone(),
+                    source: e,
                 },
-                path: path.clone(),
-                source: e,
+                ReadError::Unsafe { path, why } => ConfigError::Unsafe { path, why },
             })?;
             parse_str(&text, &path)?
         }
@@ -187,6 +194,80 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
         });
     }
     Ok(config)
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Unsafe { path: PathBuf, why: String },
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+/// Read the config file. As root, only a file (and directories above it)
+/// that nobody but root or the invoking user can change: what it says
+/// becomes root's rules, as sshd and sudo judge their own files.
+fn read_file(path: &Path) -> Result<String, ReadError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if rustix::process::geteuid().is_root() {
+        let meta = file.metadata()?;
+        if let Some(why) = untrusted(&meta, false) {
+            return Err(ReadError::Unsafe {
+                path: path.to_owned(),
+                why,
+            });
+        }
+        let real = std::fs::canonicalize(path)?;
+        for dir in real.ancestors().skip(1) {
+            let meta = std::fs::metadata(dir)?;
+            if let Some(why) = untrusted(&meta, true) {
+                return Err(ReadError::Unsafe {
+                    path: path.to_owned(),
+                    why: format!("in {}, which is {why}", dir.display()),
+                });
+            }
+        }
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(ReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the file is larger than {MAX_FILE_BYTES} bytes, the most lowport reads"),
+        )));
+    }
+    Ok(text)
+}
+
+/// Why a file or directory someone else could change is not to be
+/// trusted by root: owned by a user other than root or the invoking one,
+/// or writable by others (a group other than root's). A directory that is
+/// world-writable but sticky (/tmp) keeps others from replacing a file
+/// they do not own, and is accepted.
+fn untrusted(meta: &std::fs::Metadata, is_dir: bool) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode() & 0o7777;
+    let uid = meta.uid();
+    let invoking = rustix::process::getuid().as_raw();
+    let sudo_uid = std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok());
+    if uid != 0 && uid != invoking && Some(uid) != sudo_uid {
+        return Some(format!("owned by uid {uid} (mode {mode:04o})"));
+    }
+    let sticky = is_dir && mode & 0o1000 != 0;
+    if mode & 0o002 != 0 && !sticky {
+        return Some(format!("writable by everyone (mode {mode:04o})"));
+    }
+    if mode & 0o020 != 0 && meta.gid() != 0 && !sticky {
+        return Some(format!(
+            "writable by group {} (mode {mode:04o})",
+            meta.gid()
+        ));
+    }
+    None
 }
 
 // ---- The YAML shapes. Listen/to stay raw values so that `80` and "[::]:80"

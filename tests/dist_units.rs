@@ -78,3 +78,19 @@ fn rules_unit_reapplies_after_firewall_reload_and_removes_on_stop() {
         );
     }
 }
+
+#[test]
+fn rules_unit_keeps_the_capabilities_iptables_legacy_needs() {
+    let text = std::fs::read_to_string(unit_dir().join("lowport-rules.service")).unwrap();
+    let set = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("a capability bounding set");
+    // iptables-legacy talks to its tables through a raw socket.
+    for cap in ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_DAC_OVERRIDE"] {
+        assert!(
+            set.split_whitespace().any(|c| c == cap),
+            "{cap} missing: {set}"
+        );
+    }
+}

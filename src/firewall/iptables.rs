@@ -109,7 +109,9 @@ impl IptablesFlavor {
         if legacy_nat_in_use() {
             return Ok(IptablesFlavor::Legacy);
         }
-        let version = Command::new("iptables").arg("--version").output();
+        let version = Command::new(super::system_program("iptables"))
+            .arg("--version")
+            .output();
         match version {
             Ok(out) if String::from_utf8_lossy(&out.stdout).contains("legacy") => {
                 Ok(IptablesFlavor::Legacy)
@@ -169,7 +171,7 @@ pub fn legacy_nat_in_use() -> bool {
 /// `iptables-save -t TABLE` of one flavour and family.
 pub fn save(flavor: IptablesFlavor, family: Family, table: &str) -> io::Result<String> {
     let tool = flavor.tool(family, "save");
-    let out = Command::new(&tool)
+    let out = Command::new(super::system_program(&tool))
         .args(["-t", table])
         .stdin(Stdio::null())
         .output()
@@ -292,7 +294,7 @@ impl Iptables {
 
     fn restore(&self, family: Family, input: &str) -> io::Result<()> {
         let tool = self.flavor.tool(family, "restore");
-        let mut child = Command::new(&tool)
+        let mut child = Command::new(super::system_program(&tool))
             .args(["-w", "--noflush"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -14,6 +14,22 @@ pub mod sysctl;
 use crate::config::RulesSettings;
 use plan::{Family, RulePlan, RuleSet, Sysctl};
 
+/// The directories helper programs (`nft`, `iptables-*-save/-restore`)
+/// are looked up in: the system's own, never the inherited `PATH`, which
+/// under sudo or a careless unit may name a directory another user can
+/// write, and whose programs would then run as root.
+pub const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/// The path of the system's `name`: the first of [`SYSTEM_DIRS`] that has
+/// it, or `/usr/sbin/NAME` (which then fails to run, naming that path).
+pub fn system_program(name: &str) -> std::path::PathBuf {
+    SYSTEM_DIRS
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| std::path::Path::new(SYSTEM_DIRS[0]).join(name))
+}
+
 /// Name of the nftables table lowport owns (family `inet`).
 pub const TABLE: &str = "lowport";
 

@@ -570,9 +570,9 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         },
     };
     if let TargetHost::Ip(ip) = host {
-        if ip.is_unspecified() || ip.is_multicast() {
+        if let Some(what) = crate::mapping::unusable_target(ip) {
             return Err(format!(
-                "{ip} cannot be a target; use this host's address, 127.0.0.1, or leave the host out"
+                "{ip} cannot be a target ({what}); use this host's address, 127.0.0.1, or leave the host out"
             ));
         }
     }

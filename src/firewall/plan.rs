@@ -207,6 +207,16 @@ pub enum PlanError {
         source: std::io::Error,
     },
     #[error(
+        "{mapping}: target host \"{host}\" resolves to {addr}, {what}, which cannot be a target; \
+         correct the name's address (DNS, /etc/hosts) or write an address"
+    )]
+    BadAddress {
+        mapping: String,
+        host: String,
+        addr: IpAddr,
+        what: &'static str,
+    },
+    #[error(
         "{mapping}: listens on {listen_family} only but the target {target} has no {listen_family} \
          address; kernel NAT cannot translate between IPv4 and IPv6 (use `lowport proxy`, \
          or a target of the same family)"
@@ -241,6 +251,16 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
                     host: name.clone(),
                     source,
                 })?;
+                for &addr in &addrs {
+                    if let Some(what) = crate::mapping::unusable_target(addr) {
+                        return Err(PlanError::BadAddress {
+                            mapping: m.to_string(),
+                            host: name.clone(),
+                            addr,
+                            what,
+                        });
+                    }
+                }
                 targets.extend(per_family(m, &families, &addrs)?);
             }
         }
@@ -404,6 +424,14 @@ mod tests {
                     "fd00::5".parse().unwrap(),
                 ]),
                 "v4.lan" => Ok(vec!["10.0.0.6".parse().unwrap()]),
+                "zero.lan" => Ok(vec!["0.0.0.0".parse().unwrap()]),
+                "group.lan" => Ok(vec![
+                    "10.0.0.7".parse().unwrap(),
+                    "224.0.0.1".parse().unwrap(),
+                ]),
+                "all.lan" => Ok(vec!["255.255.255.255".parse().unwrap()]),
+                "mapped.lan" => Ok(vec!["::ffff:255.255.255.255".parse().unwrap()]),
+                "any6.lan" => Ok(vec!["::".parse().unwrap()]),
                 _ => Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "no such host",
@@ -546,6 +574,27 @@ mod tests {
         let m = mapping(None, 80, TargetHost::Name("nowhere.invalid".into()), 8080);
         let msg = plan(&[m], &FakeHost).unwrap_err().to_string();
         assert!(msg.contains("\"nowhere.invalid\""), "{msg}");
+    }
+
+    #[test]
+    fn names_that_resolve_to_unusable_addresses_are_refused() {
+        for (name, addr) in [
+            ("zero.lan", "0.0.0.0"),
+            ("group.lan", "224.0.0.1"),
+            ("all.lan", "255.255.255.255"),
+            ("mapped.lan", "::ffff:255.255.255.255"),
+            ("any6.lan", "::"),
+        ] {
+            let m = mapping(None, 80, TargetHost::Name(name.into()), 8080);
+            let msg = match plan(&[m], &FakeHost) {
+                Ok(p) => panic!("{name}: planned {:?}", p.rules),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                msg.contains(&format!("\"{name}\" resolves to {addr}")),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What each subcommand does, between the parsed command line and the
 //! library, and which exit status each failure earns.
 
+use std::borrow::Cow;
 use std::error::Error;
 use std::process::ExitCode;
 
@@ -200,5 +201,39 @@ fn check(global: &GlobalArgs, json: bool) -> Result<(), Failure> {
         Err(Failure::Runtime(
             format!("check found {n} problem(s) on this host").into(),
         ))
+    }
+}
+
+/// What a message quotes, made safe to print: `s` with line breaks, tabs
+/// and every other control character escaped (`\\n`, `\\t`, `\\u{1b}`),
+/// so it stays on one line and cannot move the cursor. Text without them
+/// comes back as it is. For a person to read, not to parse back.
+pub fn one_line(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_plain_text_is_kept() {
+        assert_eq!(one_line("mapping #1 \"web\""), "mapping #1 \"web\"");
+        assert_eq!(
+            one_line("evil\nlowport: error: all good\r\u{1b}[2K"),
+            "evil\\nlowport: error: all good\\r\\u{1b}[2K"
+        );
+        assert!(!one_line("a\u{85}b").contains('\u{85}'));
     }
 }

@@ -69,7 +69,7 @@ impl std::str::FromStr for BackendChoice {
             "nftables" | "nft" => Ok(BackendChoice::Nftables),
             "iptables" => Ok(BackendChoice::Iptables),
             other => Err(format!(
-                "unknown backend \"{other}\"; valid: auto, nftables, iptables"
+                "unknown backend {other:?}; valid: auto, nftables, iptables"
             )),
         }
     }
@@ -383,7 +383,7 @@ fn serde_message(e: &serde_yaml::Error) -> String {
 /// How a mapping is named in messages: `mapping #2 "web"`.
 fn mapping_label(index: usize, name: Option<&str>) -> String {
     match name {
-        Some(n) => format!("mapping #{} \"{n}\"", index + 1),
+        Some(n) => format!("mapping #{} {n:?}", index + 1),
         None => format!("mapping #{}", index + 1),
     }
 }
@@ -408,15 +408,15 @@ fn parse_mapping(value: Value, index: usize) -> Result<Mapping, String> {
     };
     let listen_text = scalar_text(raw.listen.as_ref())
         .map_err(|m| format!("{label}: `listen` {m}; write a port (80) or \"ADDR:PORT\""))?;
-    let listen = parse_listen(&listen_text)
-        .map_err(|m| format!("{label}: listen \"{listen_text}\": {m}"))?;
+    let listen =
+        parse_listen(&listen_text).map_err(|m| format!("{label}: listen {listen_text:?}: {m}"))?;
     let to_text = scalar_text(raw.to.as_ref())
         .map_err(|m| format!("{label}: `to` {m}; write a port (8080) or \"HOST:PORT\""))?;
-    let target = parse_target(&to_text).map_err(|m| format!("{label}: to \"{to_text}\": {m}"))?;
+    let target = parse_target(&to_text).map_err(|m| format!("{label}: to {to_text:?}: {m}"))?;
     let protocol = match raw.protocol {
         None => Protocol::Tcp,
         Some(v) => parse_protocol(&value_text(&v))
-            .map_err(|m| format!("{label}: protocol \"{}\" {m}", value_text(&v)))?,
+            .map_err(|m| format!("{label}: protocol {:?} {m}", value_text(&v)))?,
     };
     let proxy_protocol = match raw.proxy_protocol {
         None => ProxyProtocol::Off,
@@ -427,7 +427,7 @@ fn parse_mapping(value: Value, index: usize) -> Result<Mapping, String> {
             "v2" => ProxyProtocol::V2,
             other => {
                 return Err(format!(
-                    "{label}: proxy_protocol \"{other}\" is not valid; use off, v1 or v2"
+                    "{label}: proxy_protocol {other:?} is not valid; use off, v1 or v2"
                 ))
             }
         },
@@ -449,7 +449,7 @@ fn parse_name(v: &Value) -> Result<String, String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
     if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
         return Err(format!(
-            "name \"{name}\" is not valid; use 1 to 64 letters, digits, '-', '_' or '.'"
+            "name {name:?} is not valid; use 1 to 64 letters, digits, '-', '_' or '.'"
         ));
     }
     Ok(name.to_owned())
@@ -479,7 +479,7 @@ fn describe(v: &Value) -> String {
         Value::Null => "nothing (null)".to_owned(),
         Value::Bool(b) => format!("the boolean {b}"),
         Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the text \"{s}\""),
+        Value::String(s) => format!("the text {s:?}"),
         Value::Sequence(_) => "a list".to_owned(),
         Value::Mapping(_) => "a map".to_owned(),
         Value::Tagged(_) => "a tagged value".to_owned(),
@@ -498,7 +498,7 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
 /// A port number: 1 to 65535.
 fn parse_port(s: &str) -> Result<NonZeroU16, String> {
     if s.is_empty() || !s.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("port \"{s}\" is not a number; use 1 to 65535"));
+        return Err(format!("port {s:?} is not a number; use 1 to 65535"));
     }
     match s.parse::<u32>() {
         Ok(0) => Err("port 0 is not allowed; use 1 to 65535".to_owned()),
@@ -531,11 +531,11 @@ fn parse_ip(host: &str, bracketed: bool) -> Result<IpAddr, String> {
     if bracketed {
         host.parse::<Ipv6Addr>()
             .map(IpAddr::V6)
-            .map_err(|_| format!("\"{host}\" is not an IPv6 address"))
+            .map_err(|_| format!("{host:?} is not an IPv6 address"))
     } else {
         host.parse::<Ipv4Addr>()
             .map(IpAddr::V4)
-            .map_err(|_| format!("\"{host}\" is not an IPv4 address (IPv6 goes in brackets)"))
+            .map_err(|_| format!("{host:?} is not an IPv4 address (IPv6 goes in brackets)"))
     }
 }
 
@@ -562,11 +562,7 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         Some(h) => match h.parse::<Ipv4Addr>() {
             Ok(ip) => TargetHost::Ip(IpAddr::V4(ip)),
             Err(_) if is_host_name(h) => TargetHost::Name(h.to_owned()),
-            Err(_) => {
-                return Err(format!(
-                    "\"{h}\" is neither an IPv4 address nor a host name"
-                ))
-            }
+            Err(_) => return Err(format!("{h:?} is neither an IPv4 address nor a host name")),
         },
     };
     if let TargetHost::Ip(ip) = host {
@@ -600,14 +596,14 @@ pub fn parse_spec(spec: &str, index: usize) -> Result<Mapping, String> {
     let (body, protocol) = match spec.rsplit_once('/') {
         Some((body, proto)) => (
             body,
-            parse_protocol(proto).map_err(|m| format!("protocol \"{proto}\" {m}"))?,
+            parse_protocol(proto).map_err(|m| format!("protocol {proto:?} {m}"))?,
         ),
         None => (spec, Protocol::Tcp),
     };
     let fields = split_fields(body)?;
     let usage = || {
         format!(
-            "\"{spec}\" is not a mapping; write [LISTEN_ADDR:]LISTEN_PORT:[TARGET_HOST:]TARGET_PORT, \
+            "{spec:?} is not a mapping; write [LISTEN_ADDR:]LISTEN_PORT:[TARGET_HOST:]TARGET_PORT, \
              as in 80:8080, 0.0.0.0:80:127.0.0.1:8080 or [::]:443:[::1]:8443"
         )
     };
@@ -626,8 +622,8 @@ pub fn parse_spec(spec: &str, index: usize) -> Result<Mapping, String> {
         }
         _ => return Err(usage()),
     };
-    let listen = parse_listen(&listen).map_err(|m| format!("listen \"{listen}\": {m}"))?;
-    let target = parse_target(&to).map_err(|m| format!("to \"{to}\": {m}"))?;
+    let listen = parse_listen(&listen).map_err(|m| format!("listen {listen:?}: {m}"))?;
+    let target = parse_target(&to).map_err(|m| format!("to {to:?}: {m}"))?;
     Ok(Mapping {
         index,
         name: None,
@@ -655,9 +651,7 @@ fn split_fields(s: &str) -> Result<Vec<&str>, String> {
         }
     }
     if depth != 0 {
-        return Err(format!(
-            "\"{s}\": unbalanced brackets around an IPv6 address"
-        ));
+        return Err(format!("{s:?}: unbalanced brackets around an IPv6 address"));
     }
     fields.push(&s[start..]);
     Ok(fields)
@@ -712,7 +706,7 @@ fn parse_duration(key: &str, v: &Value) -> Result<Duration, String> {
     match d {
         Some(d) if !d.is_zero() => Ok(d),
         _ => Err(format!(
-            "proxy.{key} \"{text}\" is not a duration; write e.g. 500ms, 5s, 10m or 1h (more than zero)"
+            "proxy.{key} {text:?} is not a duration; write e.g. 500ms, 5s, 10m or 1h (more than zero)"
         )),
     }
 }
@@ -726,7 +720,7 @@ fn parse_proxy(raw: RawProxy) -> Result<ProxySettings, String> {
             .and_then(NonZeroUsize::new)
             .ok_or_else(|| {
                 format!(
-                    "proxy.max_connections \"{}\" is not valid; use a whole number of at least 1",
+                    "proxy.max_connections {:?} is not valid; use a whole number of at least 1",
                     value_text(&v)
                 )
             })?;
@@ -755,7 +749,7 @@ fn parse_proxy(raw: RawProxy) -> Result<ProxySettings, String> {
             Some(u) if !u.is_empty() && !u.contains(char::is_whitespace) => p.user = u.to_owned(),
             _ => {
                 return Err(format!(
-                    "proxy.user \"{}\" is not a user name",
+                    "proxy.user {:?} is not a user name",
                     value_text(&v)
                 ))
             }
@@ -774,7 +768,7 @@ fn parse_rules(raw: RawRules) -> Result<RulesSettings, String> {
     if let Some(v) = raw.enable_forwarding {
         r.enable_forwarding = v.as_bool().ok_or_else(|| {
             format!(
-                "rules.enable_forwarding \"{}\" is not valid; use true or false",
+                "rules.enable_forwarding {:?} is not valid; use true or false",
                 value_text(&v)
             )
         })?;

@@ -44,7 +44,7 @@ pub enum FirewallError {
     List(#[source] std::io::Error),
     #[error("cannot delete lowport's table")]
     Remove(#[source] std::io::Error),
-    #[error("the rules read back from the kernel differ from what was sent:\n  sent:     {sent:?}\n  kernel:   {found:?}")]
+    #[error("the rules read back from the kernel differ from what was sent: sent {sent:?}; kernel {found:?}")]
     Verify {
         sent: Box<RuleSet>,
         found: Box<RuleSet>,
@@ -77,7 +77,7 @@ pub trait Backend {
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
     #[error(
-        "{mappings} forward to another host, which needs {sysctl}=1, and it is 0.\n\
+        "{mappings} forward to another host, which needs {sysctl}=1, and it is 0. \
          Turn it on yourself (`sysctl -w {sysctl}=1`, and a file in /etc/sysctl.d/ to keep it), \
          or let lowport do it (and undo it on remove) with `rules: {{enable_forwarding: true}}`"
     )]

@@ -199,7 +199,7 @@ pub trait HostView {
 /// Why mappings cannot become rules. These are configuration errors (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("{mapping}: cannot resolve target host \"{host}\"; use an address, or check DNS")]
+    #[error("{mapping}: cannot resolve target host {host:?}; use an address, or check DNS")]
     Resolve {
         mapping: String,
         host: String,
@@ -207,7 +207,7 @@ pub enum PlanError {
         source: std::io::Error,
     },
     #[error(
-        "{mapping}: target host \"{host}\" resolves to {addr}, {what}, which cannot be a target; \
+        "{mapping}: target host {host:?} resolves to {addr}, {what}, which cannot be a target; \
          correct the name's address (DNS, /etc/hosts) or write an address"
     )]
     BadAddress {

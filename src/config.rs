@@ -21,6 +21,14 @@ use crate::mapping::{Listen, Mapping, Protocol, ProxyProtocol, Target, TargetHos
 pub const DEFAULT_CONFIG: &str = "/etc/lowport/lowport.yaml";
 /// The largest config file lowport reads (a thousand mappings are 100 KB).
 pub const MAX_FILE_BYTES: u64 = 4 << 20;
+/// The deepest `[ ]`/`{ }` nesting lowport parses.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+#[cfg(test)]
+thread_local! {
+    /// How many pairs of listens were compared on this thread.
+    static OVERLAP_CHECKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// Proxy-mode settings (`proxy:` section), validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +141,11 @@ pub enum ConfigError {
 }
 
 fn syntax_message(e: &serde_yaml::Error) -> String {
+    if e.to_string().starts_with("recursion limit exceeded") {
+        // serde_yaml's own limit on block nesting (`- - - -`).
+        return "YAML nesting deeper than 128 levels, the most lowport reads (a config needs 3)"
+            .to_owned();
+    }
     match e.location() {
         Some(loc) => format!(
             "YAML syntax error at line {}, column {}: {}",
@@ -172,6 +185,10 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
         }
         None => Config::default(),
     };
+    let mut seen = Seen::default();
+    for (pos, m) in config.mappings.iter().enumerate() {
+        seen.add(m, pos);
+    }
     for spec in &source.specs {
         let index = config.mappings.len();
         let origin = format!("-m {spec}");
@@ -179,8 +196,9 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
             origin: origin.clone(),
             message: format!("mapping #{}: {message}", index + 1),
         })?;
-        check_conflicts(&config.mappings, &m)
+        seen.check(&config.mappings, &m)
             .map_err(|message| ConfigError::Invalid { origin, message })?;
+        seen.add(&m, config.mappings.len());
         config.mappings.push(m);
     }
     if config.mappings.is_empty() {
@@ -324,6 +342,19 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         error,
     };
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(invalid(format!(
+            "the file is larger than {MAX_FILE_BYTES} bytes, the most lowport reads"
+        )));
+    }
+    // The YAML parser's time grows with the square of flow nesting
+    // (`[[[[...`): refuse deep nesting before parsing.
+    if let Some(line) = flow_nesting_beyond(text, MAX_FLOW_DEPTH) {
+        return Err(invalid(format!(
+            "line {line}: YAML nesting deeper than {MAX_FLOW_DEPTH} levels of [ ] and {{ }}, \
+             the most lowport reads (a config needs 3)"
+        )));
+    }
     // A tree first: syntax errors keep their line and column.
     let tree: Value = serde_yaml::from_str(text).map_err(syntax)?;
     if tree.is_null() {
@@ -340,9 +371,11 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let raw: RawFile = serde_yaml::from_value(tree).map_err(|e| invalid(serde_message(&e)))?;
 
     let mut config = Config::default();
+    let mut seen = Seen::default();
     for (index, value) in raw.mappings.unwrap_or_default().into_iter().enumerate() {
         let m = parse_mapping(value, index).map_err(&invalid)?;
-        check_conflicts(&config.mappings, &m).map_err(&invalid)?;
+        seen.check(&config.mappings, &m).map_err(&invalid)?;
+        seen.add(&m, config.mappings.len());
         config.mappings.push(m);
     }
     if let Some(p) = section::<RawProxy>("proxy", raw.proxy).map_err(&invalid)? {
@@ -659,6 +692,8 @@ fn split_fields(s: &str) -> Result<Vec<&str>, String> {
 
 /// Two listens overlap when a client packet could match both.
 fn listens_overlap(a: &Listen, b: &Listen) -> bool {
+    #[cfg(test)]
+    OVERLAP_CHECKS.with(|c| c.set(c.get() + 1));
     if a.port != b.port {
         return false;
     }
@@ -669,6 +704,170 @@ fn listens_overlap(a: &Listen, b: &Listen) -> bool {
     }
 }
 
+/// The listens and names of the mappings read so far, indexed so that
+/// each new mapping is checked against all of them in constant time (a
+/// config of n mappings is validated in O(n), not O(n²)).
+#[derive(Default)]
+struct Seen {
+    names: std::collections::HashMap<String, usize>,
+    ports: std::collections::HashMap<(u16, crate::mapping::L4), PortSeen>,
+}
+
+/// Per port and protocol: the first mapping (its position) of each kind
+/// of listen address. The first is the one an overlap is reported with,
+/// as a pairwise check in file order would.
+#[derive(Default)]
+struct PortSeen {
+    any: Option<usize>,
+    both_families: Option<usize>,
+    v4: Option<usize>,
+    v6: Option<usize>,
+    v4_unspecified: Option<usize>,
+    v6_unspecified: Option<usize>,
+    exact: std::collections::HashMap<IpAddr, usize>,
+}
+
+fn first(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        _ => a.or(b),
+    }
+}
+
+impl Seen {
+    fn add(&mut self, m: &Mapping, pos: usize) {
+        if let Some(name) = &m.name {
+            self.names.entry(name.clone()).or_insert(pos);
+        }
+        for l4 in m.protocol.l4s() {
+            let p = self.ports.entry((m.listen.port.get(), l4)).or_default();
+            let keep = |slot: &mut Option<usize>| {
+                slot.get_or_insert(pos);
+            };
+            keep(&mut p.any);
+            match m.listen.addr {
+                None => keep(&mut p.both_families),
+                Some(ip) => {
+                    keep(if ip.is_ipv4() { &mut p.v4 } else { &mut p.v6 });
+                    if ip.is_unspecified() {
+                        keep(if ip.is_ipv4() {
+                            &mut p.v4_unspecified
+                        } else {
+                            &mut p.v6_unspecified
+                        });
+                    }
+                    p.exact.entry(ip).or_insert(pos);
+                }
+            }
+        }
+    }
+
+    /// The first earlier mapping whose listen overlaps `m`'s.
+    fn overlapping(&self, m: &Mapping) -> Option<usize> {
+        let mut found = None;
+        for l4 in m.protocol.l4s() {
+            let Some(p) = self.ports.get(&(m.listen.port.get(), l4)) else {
+                continue;
+            };
+            let here = match m.listen.addr {
+                None => p.any,
+                Some(ip) if ip.is_unspecified() => {
+                    first(p.both_families, if ip.is_ipv4() { p.v4 } else { p.v6 })
+                }
+                Some(ip) => first(
+                    first(
+                        p.both_families,
+                        if ip.is_ipv4() {
+                            p.v4_unspecified
+                        } else {
+                            p.v6_unspecified
+                        },
+                    ),
+                    p.exact.get(&ip).copied(),
+                ),
+            };
+            found = first(found, here);
+        }
+        found
+    }
+
+    /// Does `m` overlap or share a name with a mapping in `existing` (the
+    /// mappings added so far, by position)? The error names the first.
+    fn check(&self, existing: &[Mapping], m: &Mapping) -> Result<(), String> {
+        let overlap = self.overlapping(m).filter(|&i| {
+            existing
+                .get(i)
+                .is_some_and(|o| listens_overlap(&m.listen, &o.listen))
+        });
+        let name = m.name.as_ref().and_then(|n| self.names.get(n).copied());
+        match (overlap, name) {
+            (Some(i), n) if n.is_none_or(|n| i <= n) => Err(overlap_message(m, &existing[i])),
+            (_, Some(n)) => Err(name_message(m, &existing[n])),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn overlap_message(m: &Mapping, other: &Mapping) -> String {
+    format!(
+        "{}: listen {} ({}) overlaps {} (listen {}, {}); each address, port and protocol \
+         can be mapped only once",
+        mapping_label(m.index, m.name.as_deref()),
+        m.listen,
+        m.protocol,
+        mapping_label(other.index, other.name.as_deref()),
+        other.listen,
+        other.protocol
+    )
+}
+
+fn name_message(m: &Mapping, other: &Mapping) -> String {
+    format!(
+        "{}: the name is already used by mapping #{}; names must be unique",
+        mapping_label(m.index, m.name.as_deref()),
+        other.index + 1
+    )
+}
+
+/// The line where `[` `{` nesting first goes deeper than `limit` (outside
+/// quotes and comments), if it does. Brackets inside a plain scalar
+/// (`a[b`) count too: an overestimate, harmless at a limit no config
+/// comes near.
+fn flow_nesting_beyond(text: &str, limit: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    for (n, line) in text.lines().enumerate() {
+        let mut chars = line.chars().peekable();
+        let mut prev = ' ';
+        while let Some(c) = chars.next() {
+            match quote {
+                Some('"') if c == '\\' => {
+                    chars.next();
+                }
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '#' if prev == ' ' || prev == '\t' => break,
+                    '"' | '\'' if !prev.is_alphanumeric() => quote = Some(c),
+                    '[' | '{' => {
+                        depth += 1;
+                        if depth > limit {
+                            return Some(n + 1);
+                        }
+                    }
+                    ']' | '}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+    }
+    None
+}
+
+/// The quadratic pairwise check [`Seen`] replaced: kept to test that both
+/// give the same answer.
+#[cfg(test)]
 fn check_conflicts(existing: &[Mapping], m: &Mapping) -> Result<(), String> {
     for other in existing {
         let proto_overlap = (m.protocol.has_tcp() && other.protocol.has_tcp())
@@ -792,6 +991,120 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<Config, String> {
         parse_str(yaml, Path::new("test.yaml")).map_err(|e| e.to_string())
+    }
+
+    /// Mappings covering every kind of listen overlap: both families,
+    /// each family's wildcard, exact addresses, names, both protocols.
+    fn mixed_mappings() -> Vec<Mapping> {
+        let addrs = [
+            "",
+            "0.0.0.0:",
+            "[::]:",
+            "10.0.0.1:",
+            "10.0.0.2:",
+            "[fd00::1]:",
+        ];
+        let mut out = Vec::new();
+        let mut n = 0u32;
+        for a in addrs {
+            for port in [80, 443] {
+                for proto in ["tcp", "udp", "both"] {
+                    for name in [None, Some("web"), Some("other")] {
+                        let spec = format!("{a}{port}:8080/{proto}");
+                        let mut m = parse_spec(&spec, out.len()).unwrap();
+                        m.name = name.map(|x| format!("{x}{}", n % 3));
+                        n += 1;
+                        out.push(m);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn indexed_conflicts_answer_as_the_pairwise_check_did() {
+        let all = mixed_mappings();
+        // Every ordered pair and triple prefix: the same verdict and the
+        // same message as the pairwise check.
+        for i in 0..all.len() {
+            for j in 0..all.len() {
+                for k in [None, Some((i + j) % all.len())] {
+                    let mut existing = vec![all[i].clone()];
+                    if let Some(k) = k {
+                        existing.push(all[k].clone());
+                    }
+                    for (pos, m) in existing.iter_mut().enumerate() {
+                        m.index = pos;
+                    }
+                    let mut m = all[j].clone();
+                    m.index = existing.len();
+                    let mut seen = Seen::default();
+                    for (pos, e) in existing.iter().enumerate() {
+                        seen.add(e, pos);
+                    }
+                    assert_eq!(
+                        seen.check(&existing, &m),
+                        check_conflicts(&existing, &m),
+                        "{existing:?} + {m:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn validation_compares_each_mapping_with_a_bounded_number_of_others() {
+        let n = 20_000;
+        let mut yaml = String::from("mappings:\n");
+        for i in 0..n {
+            let port = 1 + i % 60_000;
+            yaml.push_str(&format!(
+                "  - {{name: m{i}, listen: \"10.{}.{}.1:{port}\", to: 8080}}\n",
+                i / 256 % 256,
+                i % 256
+            ));
+        }
+        OVERLAP_CHECKS.with(|c| c.set(0));
+        let c = parse(&yaml).unwrap();
+        assert_eq!(c.mappings.len(), n as usize);
+        let checks = OVERLAP_CHECKS.with(|c| c.get());
+        assert!(
+            checks <= 2 * n as u64,
+            "{checks} comparisons for {n} mappings"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_and_large_files_are_refused_naming_the_limit() {
+        let deep = format!("mappings: {}{}\n", "[".repeat(20_000), "]".repeat(20_000));
+        let msg = parse(&deep).unwrap_err();
+        assert!(msg.contains("deeper than 64 levels"), "{msg}");
+        let deep = format!(
+            "mappings: {}1{}\n",
+            "{a: ".repeat(20_000),
+            "}".repeat(20_000)
+        );
+        assert!(parse(&deep).unwrap_err().contains("deeper than 64 levels"));
+        let block = format!("mappings:\n{}x\n", "- ".repeat(20_000));
+        let msg = parse(&block).unwrap_err();
+        assert!(msg.contains("deeper than 128 levels"), "{msg}");
+        // Brackets in quotes and comments do not count.
+        let quoted = format!(
+            "# {}\nmappings:\n  - {{name: \"a\", listen: 80, to: 8080}} # {}\n",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        parse(&quoted).unwrap();
+        let big = format!(
+            "mappings:\n{}",
+            "#\n".repeat(MAX_FILE_BYTES as usize / 2 + 1)
+        );
+        let msg = parse(&big).unwrap_err();
+        assert!(
+            msg.contains(&format!("larger than {MAX_FILE_BYTES} bytes")),
+            "{msg}"
+        );
     }
 
     #[test]

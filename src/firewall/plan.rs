@@ -233,6 +233,7 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
     let mut pre = Vec::new();
     let mut out = Vec::new();
     let mut masquerade = Vec::new();
+    let mut masquerade_seen = std::collections::HashSet::new();
     let mut sysctls = Vec::new();
     let mut warnings = Vec::new();
 
@@ -240,6 +241,9 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
         let comment = m.label();
         let port = m.target.port.get();
         let families = listen_families(&m.listen);
+        // This mapping's rules start here: `covers` looks at them only
+        // (scanning every earlier rule made planning quadratic).
+        let (pre_start, out_start) = (pre.len(), out.len());
         // Each family the client may use, with the target address it goes to.
         let mut targets: Vec<FamilyTarget> = Vec::new();
         match &m.target.host {
@@ -299,15 +303,15 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
                         },
                     );
                     for l4 in m.protocol.l4s() {
-                        push_unique(
-                            &mut masquerade,
-                            MasqRule {
-                                daddr: a,
-                                l4,
-                                dport: port,
-                                comment: comment.clone(),
-                            },
-                        );
+                        let masq = MasqRule {
+                            daddr: a,
+                            l4,
+                            dport: port,
+                            comment: comment.clone(),
+                        };
+                        if masquerade_seen.insert(masq.clone()) {
+                            masquerade.push(masq);
+                        }
                     }
                     true
                 }
@@ -331,7 +335,7 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
         }
         if let (TargetHost::Ip(_) | TargetHost::Name(_), None) = (&m.target.host, m.listen.addr) {
             for missing in [Family::V4, Family::V6] {
-                if !covers(&pre, &out, m, missing) {
+                if !covers(&pre[pre_start..], &out[out_start..], m, missing) {
                     warnings.push(format!(
                         "{m}: {missing} clients are not mapped: the target has no {missing} address"
                     ));
@@ -396,10 +400,18 @@ fn per_family(
 }
 
 fn covers(pre: &[NatRule], out: &[NatRule], m: &Mapping, family: Family) -> bool {
+    #[cfg(test)]
+    RULES_SCANNED.with(|c| c.set(c.get() + pre.len() as u64 + out.len() as u64));
     let label = m.label();
     pre.iter()
         .chain(out)
         .any(|r| r.comment == label && r.family.is_none_or(|f| f == family))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Rules `covers` looked at on this thread.
+    static RULES_SCANNED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 fn push_unique<T: PartialEq>(v: &mut Vec<T>, item: T) {
@@ -567,6 +579,27 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("mapping #1 \"web\""), "{msg}");
         assert!(msg.contains("use `lowport proxy`"), "{msg}");
+    }
+
+    #[test]
+    fn planning_looks_at_each_rule_a_bounded_number_of_times() {
+        let n: u16 = 5000;
+        let mappings: Vec<Mapping> = (1..=n)
+            .map(|i| {
+                let ip = Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1);
+                let mut m = mapping(None, i, TargetHost::Ip(IpAddr::V4(ip)), 8080);
+                m.index = usize::from(i) - 1;
+                m
+            })
+            .collect();
+        RULES_SCANNED.with(|c| c.set(0));
+        let p = plan(&mappings, &FakeHost).unwrap();
+        assert_eq!(p.rules.masquerade.len(), usize::from(n));
+        let scanned = RULES_SCANNED.with(|c| c.get());
+        assert!(
+            scanned <= 10 * u64::from(n),
+            "{scanned} rules scanned for {n} mappings"
+        );
     }
 
     #[test]

@@ -805,6 +805,45 @@ fn decode_states(states: &[(Family, FamilyState)]) -> Result<Option<RuleSet>, Fi
     Ok(Some(rules))
 }
 
+/// For fuzzing: parse `iptables-save` output as if it were each table of
+/// each family, and decode what lowport would find there. Any input gives
+/// an answer, never a panic.
+#[doc(hidden)]
+pub fn decode_save_for_fuzzing(
+    v4_nat: &str,
+    v4_raw: &str,
+    v6_nat: &str,
+) -> Result<Option<RuleSet>, String> {
+    let states = vec![
+        (
+            Family::V4,
+            FamilyState {
+                nat: parse_save(v4_nat),
+                raw: parse_save(v4_raw),
+            },
+        ),
+        (
+            Family::V6,
+            FamilyState {
+                nat: parse_save(v6_nat),
+                raw: TableState::default(),
+            },
+        ),
+    ];
+    decode_states(&states).map_err(|e| e.to_string())
+}
+
+/// For fuzzing and its seeds: what `apply` would send to an empty host,
+/// per family.
+#[doc(hidden)]
+pub fn restore_input_for_fuzzing(rules: &RuleSet) -> Vec<(Family, String)> {
+    let states: Vec<(Family, FamilyState)> = [Family::V4, Family::V6]
+        .into_iter()
+        .map(|f| (f, FamilyState::default()))
+        .collect();
+    Iptables::new(IptablesFlavor::Nft).render_all(rules, &states)
+}
+
 fn rejected(e: io::Error) -> FirewallError {
     FirewallError::BatchRejected(e)
 }

@@ -229,6 +229,7 @@ pub fn run(config: &Config, plan: &RulePlan, source: &Source) -> Report {
             (None, choice.0.to_string())
         }
     };
+    check_state(&mut f, &apply);
     let proxy_pids: Vec<&Socket> = sockets
         .all
         .iter()
@@ -749,6 +750,26 @@ fn check_loopback_exposure(
     );
 }
 
+/// lowport's own state: an apply or remove that never finished (killed,
+/// power lost) may have left part of the old and part of the new rules.
+fn check_state(f: &mut Findings, apply: &str) {
+    let dir = firewall::ledger::state_dir();
+    match firewall::ledger::Ledger::peek(&dir) {
+        Ok(Some(snap)) => {
+            if let Some(op) = snap.pending {
+                f.push(
+                    Status::Problem,
+                    "state",
+                    format!("an earlier `lowport {op}` was interrupted; the rules and sysctls may be half changed"),
+                    Some(format!("{apply} again (or `lowport rules remove`)")),
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => f.push(Status::Problem, "state", format!("{e}"), None),
+    }
+}
+
 fn check_sysctl(f: &mut Findings, s: Sysctl, config: &Config, needed: bool, apply: &str) {
     let value = firewall::sysctl::read(s).ok();
     let why = match s {
@@ -775,7 +796,7 @@ fn check_sysctl(f: &mut Findings, s: Sysctl, config: &Config, needed: bool, appl
 // ------------------------------------------------------- other firewalls
 
 fn nft_ruleset() -> Option<Value> {
-    let out = Command::new("nft")
+    let out = Command::new(firewall::system_program("nft"))
         .args(["-j", "list", "ruleset"])
         .output()
         .ok()?;

@@ -1,6 +1,7 @@
 //! What each subcommand does, between the parsed command line and the
 //! library, and which exit status each failure earns.
 
+use std::borrow::Cow;
 use std::error::Error;
 use std::process::ExitCode;
 
@@ -145,6 +146,9 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
             }
             refuse_if_held(backend.as_mut())?;
             let outcome = firewall::apply(backend.as_mut(), &plan, &config.rules)?;
+            if let Some(op) = outcome.repaired {
+                println!("lowport: replaced what an interrupted `lowport {op}` left");
+            }
             println!(
                 "lowport: {} mapping(s) installed as {} {} rule(s) in {}",
                 config.mappings.len(),
@@ -174,6 +178,9 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
             let mut backend = backend_for(backend, config.as_ref())?;
             refuse_if_held(backend.as_mut())?;
             let outcome = firewall::remove(backend.as_mut())?;
+            if let Some(op) = outcome.repaired {
+                println!("lowport: removed what an interrupted `lowport {op}` left");
+            }
             println!("lowport: rules removed ({})", backend.name());
             for (s, v) in outcome.sysctls {
                 println!("lowport: restored {s}={v}");
@@ -266,5 +273,39 @@ fn check(global: &GlobalArgs, json: bool) -> Result<(), Failure> {
         Err(Failure::Runtime(
             format!("check found {n} problem(s) on this host").into(),
         ))
+    }
+}
+
+/// What a message quotes, made safe to print: `s` with line breaks, tabs
+/// and every other control character escaped (`\\n`, `\\t`, `\\u{1b}`),
+/// so it stays on one line and cannot move the cursor. Text without them
+/// comes back as it is. For a person to read, not to parse back.
+pub fn one_line(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_plain_text_is_kept() {
+        assert_eq!(one_line("mapping #1 \"web\""), "mapping #1 \"web\"");
+        assert_eq!(
+            one_line("evil\nlowport: error: all good\r\u{1b}[2K"),
+            "evil\\nlowport: error: all good\\r\\u{1b}[2K"
+        );
+        assert!(!one_line("a\u{85}b").contains('\u{85}'));
     }
 }

@@ -19,6 +19,16 @@ use crate::mapping::{Listen, Mapping, Protocol, ProxyProtocol, Target, TargetHos
 
 /// Where the configuration comes from when neither `-c` nor `-m` is given.
 pub const DEFAULT_CONFIG: &str = "/etc/lowport/lowport.yaml";
+/// The largest config file lowport reads (a thousand mappings are 100 KB).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+/// The deepest `[ ]`/`{ }` nesting lowport parses.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+#[cfg(test)]
+thread_local! {
+    /// How many pairs of listens were compared on this thread.
+    static OVERLAP_CHECKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// Proxy-mode settings (`proxy:` section), validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +99,7 @@ impl std::str::FromStr for BackendChoice {
             "nftables" | "nft" => Ok(BackendChoice::Nftables),
             "iptables" => Ok(BackendChoice::Iptables),
             other => Err(format!(
-                "unknown backend \"{other}\"; valid: auto, nftables, iptables"
+                "unknown backend {other:?}; valid: auto, nftables, iptables"
             )),
         }
     }
@@ -141,6 +151,8 @@ pub enum ConfigError {
         source: std::io::Error,
         hint: &'static str,
     },
+    #[error("{} is {why}; lowport runs as root and will not read a file another user can change: `chown root: {} && chmod go-w {}` (and the same for the directory)", path.display(), path.display(), path.display())]
+    Unsafe { path: PathBuf, why: String },
     #[error("{}: {}", path.display(), syntax_message(error))]
     Syntax {
         path: PathBuf,
@@ -151,6 +163,11 @@ pub enum ConfigError {
 }
 
 fn syntax_message(e: &serde_yaml::Error) -> String {
+    if e.to_string().starts_with("recursion limit exceeded") {
+        // serde_yaml's own limit on block nesting (`- - - -`).
+        return "YAML nesting deeper than 128 levels, the most lowport reads (a config needs 3)"
+            .to_owned();
+    }
     match e.location() {
         Some(loc) => format!(
             "YAML syntax error at line {}, column {}: {}",
@@ -172,30 +189,45 @@ fn strip_location(msg: &str) -> &str {
 
 /// Read and validate the configuration that `source` names.
 pub fn load(source: &Source) -> Result<Config, ConfigError> {
-    load_with(source, |path| std::fs::read_to_string(path))
+    load_with(source, read_file)
 }
 
 /// [`load`], reading the file with `read` (the capable binary reads only
-/// files root controls: [`crate::privilege::read_root_controlled`]).
-pub fn load_with(
+/// files root controls: [`crate::privilege::read_root_controlled`]). A
+/// file larger than the most lowport reads is refused whoever read it.
+pub fn load_with<E: Into<ReadError>>(
     source: &Source,
-    read: impl Fn(&Path) -> std::io::Result<String>,
+    read: impl Fn(&Path) -> Result<String, E>,
 ) -> Result<Config, ConfigError> {
+    let read = |path: &Path| -> Result<String, ReadError> {
+        let text = read(path).map_err(Into::into)?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(too_large());
+        }
+        Ok(text)
+    };
     let mut config = match source.effective_file() {
         Some(path) => {
-            let text = read(&path).map_err(|e| ConfigError::Read {
-                hint: if e.kind() == std::io::ErrorKind::NotFound && source.file.is_none() {
-                    "; pass a file with -c FILE or mappings with -m 80:8080"
-                } else {
-                    ""
+            let text = read(&path).map_err(|e| match e {
+                ReadError::Io(e) => ConfigError::Read {
+                    hint: if e.kind() == std::io::ErrorKind::NotFound && source.file.is_none() {
+                        "; pass a file with -c FILE or mappings with -m 80:8080"
+                    } else {
+                        ""
+                    },
+                    path: path.clone(),
+                    source: e,
                 },
-                path: path.clone(),
-                source: e,
+                ReadError::Unsafe { path, why } => ConfigError::Unsafe { path, why },
             })?;
             parse_str(&text, &path)?
         }
         None => Config::default(),
     };
+    let mut seen = Seen::default();
+    for (pos, m) in config.mappings.iter().enumerate() {
+        seen.add(m, pos);
+    }
     for spec in &source.specs {
         let index = config.mappings.len();
         let origin = format!("-m {spec}");
@@ -203,8 +235,9 @@ pub fn load_with(
             origin: origin.clone(),
             message: format!("mapping #{}: {message}", index + 1),
         })?;
-        check_conflicts(&config.mappings, &m)
+        seen.check(&config.mappings, &m)
             .map_err(|message| ConfigError::Invalid { origin, message })?;
+        seen.add(&m, config.mappings.len());
         config.mappings.push(m);
     }
     if config.mappings.is_empty() {
@@ -218,6 +251,85 @@ pub fn load_with(
         });
     }
     Ok(config)
+}
+
+/// Why the configuration file could not be read.
+pub enum ReadError {
+    Io(std::io::Error),
+    Unsafe { path: PathBuf, why: String },
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+/// Read the config file. As root, only a file (and directories above it)
+/// that nobody but root or the invoking user can change: what it says
+/// becomes root's rules, as sshd and sudo judge their own files.
+fn read_file(path: &Path) -> Result<String, ReadError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if rustix::process::geteuid().is_root() {
+        let meta = file.metadata()?;
+        if let Some(why) = untrusted(&meta, false) {
+            return Err(ReadError::Unsafe {
+                path: path.to_owned(),
+                why,
+            });
+        }
+        let real = std::fs::canonicalize(path)?;
+        for dir in real.ancestors().skip(1) {
+            let meta = std::fs::metadata(dir)?;
+            if let Some(why) = untrusted(&meta, true) {
+                return Err(ReadError::Unsafe {
+                    path: path.to_owned(),
+                    why: format!("in {}, which is {why}", dir.display()),
+                });
+            }
+        }
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(text)
+}
+
+fn too_large() -> ReadError {
+    ReadError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("the file is larger than {MAX_FILE_BYTES} bytes, the most lowport reads"),
+    ))
+}
+
+/// Why a file or directory someone else could change is not to be
+/// trusted by root: owned by a user other than root or the invoking one,
+/// or writable by others (a group other than root's). A directory that is
+/// world-writable but sticky (/tmp) keeps others from replacing a file
+/// they do not own, and is accepted.
+fn untrusted(meta: &std::fs::Metadata, is_dir: bool) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode() & 0o7777;
+    let uid = meta.uid();
+    let invoking = rustix::process::getuid().as_raw();
+    let sudo_uid = std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok());
+    if uid != 0 && uid != invoking && Some(uid) != sudo_uid {
+        return Some(format!("owned by uid {uid} (mode {mode:04o})"));
+    }
+    let sticky = is_dir && mode & 0o1000 != 0;
+    if mode & 0o002 != 0 && !sticky {
+        return Some(format!("writable by everyone (mode {mode:04o})"));
+    }
+    if mode & 0o020 != 0 && meta.gid() != 0 && !sticky {
+        return Some(format!(
+            "writable by group {} (mode {mode:04o})",
+            meta.gid()
+        ));
+    }
+    None
 }
 
 // ---- The YAML shapes. Listen/to stay raw values so that `80` and "[::]:80"
@@ -277,6 +389,19 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         error,
     };
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(invalid(format!(
+            "the file is larger than {MAX_FILE_BYTES} bytes, the most lowport reads"
+        )));
+    }
+    // The YAML parser's time grows with the square of flow nesting
+    // (`[[[[...`): refuse deep nesting before parsing.
+    if let Some(line) = flow_nesting_beyond(text, MAX_FLOW_DEPTH) {
+        return Err(invalid(format!(
+            "line {line}: YAML nesting deeper than {MAX_FLOW_DEPTH} levels of [ ] and {{ }}, \
+             the most lowport reads (a config needs 3)"
+        )));
+    }
     // A tree first: syntax errors keep their line and column.
     let tree: Value = serde_yaml::from_str(text).map_err(syntax)?;
     if tree.is_null() {
@@ -293,9 +418,11 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let raw: RawFile = serde_yaml::from_value(tree).map_err(|e| invalid(serde_message(&e)))?;
 
     let mut config = Config::default();
+    let mut seen = Seen::default();
     for (index, value) in raw.mappings.unwrap_or_default().into_iter().enumerate() {
         let m = parse_mapping(value, index).map_err(&invalid)?;
-        check_conflicts(&config.mappings, &m).map_err(&invalid)?;
+        seen.check(&config.mappings, &m).map_err(&invalid)?;
+        seen.add(&m, config.mappings.len());
         config.mappings.push(m);
     }
     if let Some(p) = section::<RawProxy>("proxy", raw.proxy).map_err(&invalid)? {
@@ -336,7 +463,7 @@ fn serde_message(e: &serde_yaml::Error) -> String {
 /// How a mapping is named in messages: `mapping #2 "web"`.
 fn mapping_label(index: usize, name: Option<&str>) -> String {
     match name {
-        Some(n) => format!("mapping #{} \"{n}\"", index + 1),
+        Some(n) => format!("mapping #{} {n:?}", index + 1),
         None => format!("mapping #{}", index + 1),
     }
 }
@@ -361,15 +488,15 @@ fn parse_mapping(value: Value, index: usize) -> Result<Mapping, String> {
     };
     let listen_text = scalar_text(raw.listen.as_ref())
         .map_err(|m| format!("{label}: `listen` {m}; write a port (80) or \"ADDR:PORT\""))?;
-    let listen = parse_listen(&listen_text)
-        .map_err(|m| format!("{label}: listen \"{listen_text}\": {m}"))?;
+    let listen =
+        parse_listen(&listen_text).map_err(|m| format!("{label}: listen {listen_text:?}: {m}"))?;
     let to_text = scalar_text(raw.to.as_ref())
         .map_err(|m| format!("{label}: `to` {m}; write a port (8080) or \"HOST:PORT\""))?;
-    let target = parse_target(&to_text).map_err(|m| format!("{label}: to \"{to_text}\": {m}"))?;
+    let target = parse_target(&to_text).map_err(|m| format!("{label}: to {to_text:?}: {m}"))?;
     let protocol = match raw.protocol {
         None => Protocol::Tcp,
         Some(v) => parse_protocol(&value_text(&v))
-            .map_err(|m| format!("{label}: protocol \"{}\" {m}", value_text(&v)))?,
+            .map_err(|m| format!("{label}: protocol {:?} {m}", value_text(&v)))?,
     };
     let proxy_protocol = match raw.proxy_protocol {
         None => ProxyProtocol::Off,
@@ -380,7 +507,7 @@ fn parse_mapping(value: Value, index: usize) -> Result<Mapping, String> {
             "v2" => ProxyProtocol::V2,
             other => {
                 return Err(format!(
-                    "{label}: proxy_protocol \"{other}\" is not valid; use off, v1 or v2"
+                    "{label}: proxy_protocol {other:?} is not valid; use off, v1 or v2"
                 ))
             }
         },
@@ -402,7 +529,7 @@ fn parse_name(v: &Value) -> Result<String, String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
     if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
         return Err(format!(
-            "name \"{name}\" is not valid; use 1 to 64 letters, digits, '-', '_' or '.'"
+            "name {name:?} is not valid; use 1 to 64 letters, digits, '-', '_' or '.'"
         ));
     }
     Ok(name.to_owned())
@@ -432,7 +559,7 @@ fn describe(v: &Value) -> String {
         Value::Null => "nothing (null)".to_owned(),
         Value::Bool(b) => format!("the boolean {b}"),
         Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the text \"{s}\""),
+        Value::String(s) => format!("the text {s:?}"),
         Value::Sequence(_) => "a list".to_owned(),
         Value::Mapping(_) => "a map".to_owned(),
         Value::Tagged(_) => "a tagged value".to_owned(),
@@ -451,7 +578,7 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
 /// A port number: 1 to 65535.
 fn parse_port(s: &str) -> Result<NonZeroU16, String> {
     if s.is_empty() || !s.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("port \"{s}\" is not a number; use 1 to 65535"));
+        return Err(format!("port {s:?} is not a number; use 1 to 65535"));
     }
     match s.parse::<u32>() {
         Ok(0) => Err("port 0 is not allowed; use 1 to 65535".to_owned()),
@@ -484,11 +611,11 @@ fn parse_ip(host: &str, bracketed: bool) -> Result<IpAddr, String> {
     if bracketed {
         host.parse::<Ipv6Addr>()
             .map(IpAddr::V6)
-            .map_err(|_| format!("\"{host}\" is not an IPv6 address"))
+            .map_err(|_| format!("{host:?} is not an IPv6 address"))
     } else {
         host.parse::<Ipv4Addr>()
             .map(IpAddr::V4)
-            .map_err(|_| format!("\"{host}\" is not an IPv4 address (IPv6 goes in brackets)"))
+            .map_err(|_| format!("{host:?} is not an IPv4 address (IPv6 goes in brackets)"))
     }
 }
 
@@ -515,17 +642,13 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         Some(h) => match h.parse::<Ipv4Addr>() {
             Ok(ip) => TargetHost::Ip(IpAddr::V4(ip)),
             Err(_) if is_host_name(h) => TargetHost::Name(h.to_owned()),
-            Err(_) => {
-                return Err(format!(
-                    "\"{h}\" is neither an IPv4 address nor a host name"
-                ))
-            }
+            Err(_) => return Err(format!("{h:?} is neither an IPv4 address nor a host name")),
         },
     };
     if let TargetHost::Ip(ip) = host {
-        if ip.is_unspecified() || ip.is_multicast() {
+        if let Some(what) = crate::mapping::unusable_target(ip) {
             return Err(format!(
-                "{ip} cannot be a target; use this host's address, 127.0.0.1, or leave the host out"
+                "{ip} cannot be a target ({what}); use this host's address, 127.0.0.1, or leave the host out"
             ));
         }
     }
@@ -553,14 +676,14 @@ pub fn parse_spec(spec: &str, index: usize) -> Result<Mapping, String> {
     let (body, protocol) = match spec.rsplit_once('/') {
         Some((body, proto)) => (
             body,
-            parse_protocol(proto).map_err(|m| format!("protocol \"{proto}\" {m}"))?,
+            parse_protocol(proto).map_err(|m| format!("protocol {proto:?} {m}"))?,
         ),
         None => (spec, Protocol::Tcp),
     };
     let fields = split_fields(body)?;
     let usage = || {
         format!(
-            "\"{spec}\" is not a mapping; write [LISTEN_ADDR:]LISTEN_PORT:[TARGET_HOST:]TARGET_PORT, \
+            "{spec:?} is not a mapping; write [LISTEN_ADDR:]LISTEN_PORT:[TARGET_HOST:]TARGET_PORT, \
              as in 80:8080, 0.0.0.0:80:127.0.0.1:8080 or [::]:443:[::1]:8443"
         )
     };
@@ -579,8 +702,8 @@ pub fn parse_spec(spec: &str, index: usize) -> Result<Mapping, String> {
         }
         _ => return Err(usage()),
     };
-    let listen = parse_listen(&listen).map_err(|m| format!("listen \"{listen}\": {m}"))?;
-    let target = parse_target(&to).map_err(|m| format!("to \"{to}\": {m}"))?;
+    let listen = parse_listen(&listen).map_err(|m| format!("listen {listen:?}: {m}"))?;
+    let target = parse_target(&to).map_err(|m| format!("to {to:?}: {m}"))?;
     Ok(Mapping {
         index,
         name: None,
@@ -608,9 +731,7 @@ fn split_fields(s: &str) -> Result<Vec<&str>, String> {
         }
     }
     if depth != 0 {
-        return Err(format!(
-            "\"{s}\": unbalanced brackets around an IPv6 address"
-        ));
+        return Err(format!("{s:?}: unbalanced brackets around an IPv6 address"));
     }
     fields.push(&s[start..]);
     Ok(fields)
@@ -618,6 +739,8 @@ fn split_fields(s: &str) -> Result<Vec<&str>, String> {
 
 /// Two listens overlap when a client packet could match both.
 fn listens_overlap(a: &Listen, b: &Listen) -> bool {
+    #[cfg(test)]
+    OVERLAP_CHECKS.with(|c| c.set(c.get() + 1));
     if a.port != b.port {
         return false;
     }
@@ -628,6 +751,170 @@ fn listens_overlap(a: &Listen, b: &Listen) -> bool {
     }
 }
 
+/// The listens and names of the mappings read so far, indexed so that
+/// each new mapping is checked against all of them in constant time (a
+/// config of n mappings is validated in O(n), not O(n²)).
+#[derive(Default)]
+struct Seen {
+    names: std::collections::HashMap<String, usize>,
+    ports: std::collections::HashMap<(u16, crate::mapping::L4), PortSeen>,
+}
+
+/// Per port and protocol: the first mapping (its position) of each kind
+/// of listen address. The first is the one an overlap is reported with,
+/// as a pairwise check in file order would.
+#[derive(Default)]
+struct PortSeen {
+    any: Option<usize>,
+    both_families: Option<usize>,
+    v4: Option<usize>,
+    v6: Option<usize>,
+    v4_unspecified: Option<usize>,
+    v6_unspecified: Option<usize>,
+    exact: std::collections::HashMap<IpAddr, usize>,
+}
+
+fn first(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        _ => a.or(b),
+    }
+}
+
+impl Seen {
+    fn add(&mut self, m: &Mapping, pos: usize) {
+        if let Some(name) = &m.name {
+            self.names.entry(name.clone()).or_insert(pos);
+        }
+        for l4 in m.protocol.l4s() {
+            let p = self.ports.entry((m.listen.port.get(), l4)).or_default();
+            let keep = |slot: &mut Option<usize>| {
+                slot.get_or_insert(pos);
+            };
+            keep(&mut p.any);
+            match m.listen.addr {
+                None => keep(&mut p.both_families),
+                Some(ip) => {
+                    keep(if ip.is_ipv4() { &mut p.v4 } else { &mut p.v6 });
+                    if ip.is_unspecified() {
+                        keep(if ip.is_ipv4() {
+                            &mut p.v4_unspecified
+                        } else {
+                            &mut p.v6_unspecified
+                        });
+                    }
+                    p.exact.entry(ip).or_insert(pos);
+                }
+            }
+        }
+    }
+
+    /// The first earlier mapping whose listen overlaps `m`'s.
+    fn overlapping(&self, m: &Mapping) -> Option<usize> {
+        let mut found = None;
+        for l4 in m.protocol.l4s() {
+            let Some(p) = self.ports.get(&(m.listen.port.get(), l4)) else {
+                continue;
+            };
+            let here = match m.listen.addr {
+                None => p.any,
+                Some(ip) if ip.is_unspecified() => {
+                    first(p.both_families, if ip.is_ipv4() { p.v4 } else { p.v6 })
+                }
+                Some(ip) => first(
+                    first(
+                        p.both_families,
+                        if ip.is_ipv4() {
+                            p.v4_unspecified
+                        } else {
+                            p.v6_unspecified
+                        },
+                    ),
+                    p.exact.get(&ip).copied(),
+                ),
+            };
+            found = first(found, here);
+        }
+        found
+    }
+
+    /// Does `m` overlap or share a name with a mapping in `existing` (the
+    /// mappings added so far, by position)? The error names the first.
+    fn check(&self, existing: &[Mapping], m: &Mapping) -> Result<(), String> {
+        let overlap = self.overlapping(m).filter(|&i| {
+            existing
+                .get(i)
+                .is_some_and(|o| listens_overlap(&m.listen, &o.listen))
+        });
+        let name = m.name.as_ref().and_then(|n| self.names.get(n).copied());
+        match (overlap, name) {
+            (Some(i), n) if n.is_none_or(|n| i <= n) => Err(overlap_message(m, &existing[i])),
+            (_, Some(n)) => Err(name_message(m, &existing[n])),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn overlap_message(m: &Mapping, other: &Mapping) -> String {
+    format!(
+        "{}: listen {} ({}) overlaps {} (listen {}, {}); each address, port and protocol \
+         can be mapped only once",
+        mapping_label(m.index, m.name.as_deref()),
+        m.listen,
+        m.protocol,
+        mapping_label(other.index, other.name.as_deref()),
+        other.listen,
+        other.protocol
+    )
+}
+
+fn name_message(m: &Mapping, other: &Mapping) -> String {
+    format!(
+        "{}: the name is already used by mapping #{}; names must be unique",
+        mapping_label(m.index, m.name.as_deref()),
+        other.index + 1
+    )
+}
+
+/// The line where `[` `{` nesting first goes deeper than `limit` (outside
+/// quotes and comments), if it does. Brackets inside a plain scalar
+/// (`a[b`) count too: an overestimate, harmless at a limit no config
+/// comes near.
+fn flow_nesting_beyond(text: &str, limit: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    for (n, line) in text.lines().enumerate() {
+        let mut chars = line.chars().peekable();
+        let mut prev = ' ';
+        while let Some(c) = chars.next() {
+            match quote {
+                Some('"') if c == '\\' => {
+                    chars.next();
+                }
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '#' if prev == ' ' || prev == '\t' => break,
+                    '"' | '\'' if !prev.is_alphanumeric() => quote = Some(c),
+                    '[' | '{' => {
+                        depth += 1;
+                        if depth > limit {
+                            return Some(n + 1);
+                        }
+                    }
+                    ']' | '}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+    }
+    None
+}
+
+/// The quadratic pairwise check [`Seen`] replaced: kept to test that both
+/// give the same answer.
+#[cfg(test)]
 fn check_conflicts(existing: &[Mapping], m: &Mapping) -> Result<(), String> {
     for other in existing {
         let proto_overlap = (m.protocol.has_tcp() && other.protocol.has_tcp())
@@ -717,7 +1004,7 @@ fn parse_proxy(raw: RawProxy) -> Result<ProxySettings, String> {
             .and_then(NonZeroUsize::new)
             .ok_or_else(|| {
                 format!(
-                    "proxy.max_connections \"{}\" is not valid; use a whole number of at least 1",
+                    "proxy.max_connections {:?} is not valid; use a whole number of at least 1",
                     value_text(&v)
                 )
             })?;
@@ -760,7 +1047,7 @@ fn parse_proxy(raw: RawProxy) -> Result<ProxySettings, String> {
             Some(u) if !u.is_empty() && !u.contains(char::is_whitespace) => p.user = u.to_owned(),
             _ => {
                 return Err(format!(
-                    "proxy.user \"{}\" is not a user name",
+                    "proxy.user {:?} is not a user name",
                     value_text(&v)
                 ))
             }
@@ -804,7 +1091,7 @@ fn parse_rules(raw: RawRules) -> Result<RulesSettings, String> {
     if let Some(v) = raw.enable_forwarding {
         r.enable_forwarding = v.as_bool().ok_or_else(|| {
             format!(
-                "rules.enable_forwarding \"{}\" is not valid; use true or false",
+                "rules.enable_forwarding {:?} is not valid; use true or false",
                 value_text(&v)
             )
         })?;
@@ -828,6 +1115,120 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<Config, String> {
         parse_str(yaml, Path::new("test.yaml")).map_err(|e| e.to_string())
+    }
+
+    /// Mappings covering every kind of listen overlap: both families,
+    /// each family's wildcard, exact addresses, names, both protocols.
+    fn mixed_mappings() -> Vec<Mapping> {
+        let addrs = [
+            "",
+            "0.0.0.0:",
+            "[::]:",
+            "10.0.0.1:",
+            "10.0.0.2:",
+            "[fd00::1]:",
+        ];
+        let mut out = Vec::new();
+        let mut n = 0u32;
+        for a in addrs {
+            for port in [80, 443] {
+                for proto in ["tcp", "udp", "both"] {
+                    for name in [None, Some("web"), Some("other")] {
+                        let spec = format!("{a}{port}:8080/{proto}");
+                        let mut m = parse_spec(&spec, out.len()).unwrap();
+                        m.name = name.map(|x| format!("{x}{}", n % 3));
+                        n += 1;
+                        out.push(m);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn indexed_conflicts_answer_as_the_pairwise_check_did() {
+        let all = mixed_mappings();
+        // Every ordered pair and triple prefix: the same verdict and the
+        // same message as the pairwise check.
+        for i in 0..all.len() {
+            for j in 0..all.len() {
+                for k in [None, Some((i + j) % all.len())] {
+                    let mut existing = vec![all[i].clone()];
+                    if let Some(k) = k {
+                        existing.push(all[k].clone());
+                    }
+                    for (pos, m) in existing.iter_mut().enumerate() {
+                        m.index = pos;
+                    }
+                    let mut m = all[j].clone();
+                    m.index = existing.len();
+                    let mut seen = Seen::default();
+                    for (pos, e) in existing.iter().enumerate() {
+                        seen.add(e, pos);
+                    }
+                    assert_eq!(
+                        seen.check(&existing, &m),
+                        check_conflicts(&existing, &m),
+                        "{existing:?} + {m:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn validation_compares_each_mapping_with_a_bounded_number_of_others() {
+        let n = 20_000;
+        let mut yaml = String::from("mappings:\n");
+        for i in 0..n {
+            let port = 1 + i % 60_000;
+            yaml.push_str(&format!(
+                "  - {{name: m{i}, listen: \"10.{}.{}.1:{port}\", to: 8080}}\n",
+                i / 256 % 256,
+                i % 256
+            ));
+        }
+        OVERLAP_CHECKS.with(|c| c.set(0));
+        let c = parse(&yaml).unwrap();
+        assert_eq!(c.mappings.len(), n as usize);
+        let checks = OVERLAP_CHECKS.with(|c| c.get());
+        assert!(
+            checks <= 2 * n as u64,
+            "{checks} comparisons for {n} mappings"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_and_large_files_are_refused_naming_the_limit() {
+        let deep = format!("mappings: {}{}\n", "[".repeat(20_000), "]".repeat(20_000));
+        let msg = parse(&deep).unwrap_err();
+        assert!(msg.contains("deeper than 64 levels"), "{msg}");
+        let deep = format!(
+            "mappings: {}1{}\n",
+            "{a: ".repeat(20_000),
+            "}".repeat(20_000)
+        );
+        assert!(parse(&deep).unwrap_err().contains("deeper than 64 levels"));
+        let block = format!("mappings:\n{}x\n", "- ".repeat(20_000));
+        let msg = parse(&block).unwrap_err();
+        assert!(msg.contains("deeper than 128 levels"), "{msg}");
+        // Brackets in quotes and comments do not count.
+        let quoted = format!(
+            "# {}\nmappings:\n  - {{name: \"a\", listen: 80, to: 8080}} # {}\n",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        parse(&quoted).unwrap();
+        let big = format!(
+            "mappings:\n{}",
+            "#\n".repeat(MAX_FILE_BYTES as usize / 2 + 1)
+        );
+        let msg = parse(&big).unwrap_err();
+        assert!(
+            msg.contains(&format!("larger than {MAX_FILE_BYTES} bytes")),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -6,10 +6,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lowport::cli::{Cli, Command};
+use lowport::commands::one_line;
 use lowport::commands::{self, Failure};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     // A long-running proxy logs its start-up line, reloads and counters by
     // default; one-shot commands only warnings.
     let long_running = matches!(
@@ -47,13 +51,48 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .init();
 }
 
-/// Print the error and its cause chain, one cause a line.
+/// Print the error and its cause chain, one cause a line: whatever a
+/// message quotes (a file name, a value from the config, a kernel answer)
+/// has its line breaks and other control characters escaped, so nothing
+/// a user wrote can start a line of its own.
 fn report(failure: &Failure) {
     let err = failure.error();
-    eprintln!("lowport: error: {err}");
+    eprintln!("lowport: error: {}", one_line(&err.to_string()));
     let mut source = err.source();
     while let Some(cause) = source {
-        eprintln!("  caused by: {cause}");
+        eprintln!("  caused by: {}", one_line(&cause.to_string()));
         source = cause.source();
     }
+}
+
+/// A command line clap refused: printed as every other error is
+/// (`lowport: error: ...`, the values it quotes escaped), then clap's usage
+/// hint; exit 2. `--help` and `--version` go to stdout with exit 0.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextValue, ErrorKind};
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let mut text = e.render().to_string();
+    // The values clap quotes are the user's: escape them where they appear.
+    for (_, value) in e.context() {
+        let values: Vec<&String> = match value {
+            ContextValue::String(s) => vec![s],
+            ContextValue::Strings(v) => v.iter().collect(),
+            _ => vec![],
+        };
+        for v in values {
+            let escaped = one_line(v);
+            if escaped != *v {
+                text = text.replace(v.as_str(), &escaped);
+            }
+        }
+    }
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    eprint!("lowport: error: {text}");
+    if !text.ends_with('\n') {
+        eprintln!();
+    }
+    ExitCode::from(2)
 }

@@ -166,3 +166,20 @@ impl fmt::Display for Mapping {
         )
     }
 }
+
+/// Why `ip` cannot be where a mapping sends clients, if it cannot: the
+/// unspecified address (0.0.0.0, ::), a multicast address, or the IPv4
+/// broadcast address (also written as an IPv4-mapped IPv6 address). Checked
+/// for literal targets and for every address a target name resolves to.
+pub fn unusable_target(ip: IpAddr) -> Option<&'static str> {
+    let ip = ip.to_canonical();
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+        Some("the broadcast address")
+    } else {
+        None
+    }
+}

@@ -2,6 +2,8 @@
 //! rules/invalid fails with exit status 2 and the message its first line
 //! promises, naming the file. No root needed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -122,4 +124,58 @@ fn unknown_subcommand_is_exit_2_and_help_teaches() {
     for needle in ["rules", "-m, --map", "EXIT STATUS", "80:8080"] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
+}
+
+/// stderr of a refused command: exit 2, and exactly one line that starts
+/// as an error does; every other line is a cause or clap's usage hint.
+fn assert_one_error_line(out: &std::process::Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+    assert!(stderr.starts_with("lowport: error: "), "{what}: {stderr}");
+    let errors = stderr
+        .lines()
+        .filter(|l| l.contains("lowport: error:") || l.starts_with("error:"))
+        .count();
+    assert_eq!(errors, 1, "{what}: a forged error line:\n{stderr}");
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("-A ")),
+        "{what}: {stderr}"
+    );
+}
+
+#[test]
+fn values_quoted_in_errors_cannot_forge_lines() {
+    let bin = env!("CARGO_BIN_EXE_lowport");
+    let evil = "evil\nlowport: error: all good\n-A PREROUTING -j ACCEPT";
+    let dir = common::private_dir("lowport-test-forge");
+    let file = dir.join("forge.yaml");
+    let yaml = format!(
+        "mappings:\n  - name: {}\n    listen: 80\n    to: 8080\n",
+        serde_json::to_string(evil).unwrap()
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(bin)
+        .arg("-c")
+        .arg(&file)
+        .args(["rules", "apply", "--dry-run"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_one_error_line(&out, "a name with line breaks");
+
+    let spec = format!("80:8080\n{evil}");
+    let out = Command::new(bin)
+        .args(["-m", &spec, "rules", "apply", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_one_error_line(&out, "a -m spec with line breaks");
+
+    // clap's own errors look like lowport's, and escape what they quote.
+    let out = Command::new(bin)
+        .args(["rules", "apply", "--backend", evil])
+        .output()
+        .unwrap();
+    assert_one_error_line(&out, "a --backend value with line breaks");
+    let out = Command::new(bin).arg("frobnicate").output().unwrap();
+    assert_one_error_line(&out, "an unknown subcommand");
 }

@@ -109,7 +109,9 @@ impl IptablesFlavor {
         if legacy_nat_in_use() {
             return Ok(IptablesFlavor::Legacy);
         }
-        let version = Command::new("iptables").arg("--version").output();
+        let version = Command::new(super::system_program("iptables"))
+            .arg("--version")
+            .output();
         match version {
             Ok(out) if String::from_utf8_lossy(&out.stdout).contains("legacy") => {
                 Ok(IptablesFlavor::Legacy)
@@ -247,7 +249,7 @@ fn legacy_table_info(family: Family, table: &str) -> io::Result<(u32, u32)> {
 /// `iptables-save -t TABLE` of one flavour and family.
 pub fn save(flavor: IptablesFlavor, family: Family, table: &str) -> io::Result<String> {
     let tool = flavor.tool(family, "save");
-    let out = Command::new(&tool)
+    let out = Command::new(super::system_program(&tool))
         .args(["-t", table])
         .stdin(Stdio::null())
         .output()
@@ -370,7 +372,7 @@ impl Iptables {
 
     fn restore(&self, family: Family, input: &str) -> io::Result<()> {
         let tool = self.flavor.tool(family, "restore");
-        let mut child = Command::new(&tool)
+        let mut child = Command::new(super::system_program(&tool))
             .args(["-w", "--noflush"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -879,6 +881,45 @@ fn decode_states(states: &[(Family, FamilyState)]) -> Result<Option<RuleSet>, Fi
     }
     rules.masquerade = masq.into_values().collect();
     Ok(Some(rules))
+}
+
+/// For fuzzing: parse `iptables-save` output as if it were each table of
+/// each family, and decode what lowport would find there. Any input gives
+/// an answer, never a panic.
+#[doc(hidden)]
+pub fn decode_save_for_fuzzing(
+    v4_nat: &str,
+    v4_raw: &str,
+    v6_nat: &str,
+) -> Result<Option<RuleSet>, String> {
+    let states = vec![
+        (
+            Family::V4,
+            FamilyState {
+                nat: parse_save(v4_nat),
+                raw: parse_save(v4_raw),
+            },
+        ),
+        (
+            Family::V6,
+            FamilyState {
+                nat: parse_save(v6_nat),
+                raw: TableState::default(),
+            },
+        ),
+    ];
+    decode_states(&states).map_err(|e| e.to_string())
+}
+
+/// For fuzzing and its seeds: what `apply` would send to an empty host,
+/// per family.
+#[doc(hidden)]
+pub fn restore_input_for_fuzzing(rules: &RuleSet) -> Vec<(Family, String)> {
+    let states: Vec<(Family, FamilyState)> = [Family::V4, Family::V6]
+        .into_iter()
+        .map(|f| (f, FamilyState::default()))
+        .collect();
+    Iptables::new(IptablesFlavor::Nft).render_all(rules, &states)
 }
 
 fn rejected(e: io::Error) -> FirewallError {

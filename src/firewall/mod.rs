@@ -6,6 +6,7 @@
 
 pub mod conntrack;
 pub mod iptables;
+pub mod ledger;
 pub mod nft;
 pub mod plan;
 pub mod sysctl;
@@ -13,6 +14,22 @@ pub mod watch;
 
 use crate::config::RulesSettings;
 use plan::{Family, RulePlan, RuleSet, Sysctl};
+
+/// The directories helper programs (`nft`, `iptables-*-save/-restore`)
+/// are looked up in: the system's own, never the inherited `PATH`, which
+/// under sudo or a careless unit may name a directory another user can
+/// write, and whose programs would then run as root.
+pub const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/// The path of the system's `name`: the first of [`SYSTEM_DIRS`] that has
+/// it, or `/usr/sbin/NAME` (which then fails to run, naming that path).
+pub fn system_program(name: &str) -> std::path::PathBuf {
+    SYSTEM_DIRS
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| std::path::Path::new(SYSTEM_DIRS[0]).join(name))
+}
 
 /// Name of the nftables table lowport owns (family `inet`).
 pub const TABLE: &str = "lowport";
@@ -28,7 +45,7 @@ pub enum FirewallError {
     List(#[source] std::io::Error),
     #[error("cannot delete lowport's table")]
     Remove(#[source] std::io::Error),
-    #[error("the rules read back from the kernel differ from what was sent:\n  sent:     {sent:?}\n  kernel:   {found:?}")]
+    #[error("the rules read back from the kernel differ from what was sent: sent {sent:?}; kernel {found:?}")]
     Verify {
         sent: Box<RuleSet>,
         found: Box<RuleSet>,
@@ -74,7 +91,7 @@ pub trait Backend {
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
     #[error(
-        "{mappings} forward to another host, which needs {sysctl}=1, and it is 0.\n\
+        "{mappings} forward to another host, which needs {sysctl}=1, and it is 0. \
          Turn it on yourself (`sysctl -w {sysctl}=1`, and a file in /etc/sysctl.d/ to keep it), \
          or let lowport do it (and undo it on remove) with `rules: {{enable_forwarding: true}}`"
     )]
@@ -86,6 +103,8 @@ pub enum RulesError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+    #[error(transparent)]
     Firewall(#[from] FirewallError),
 }
 
@@ -96,6 +115,9 @@ pub struct Outcome {
     pub sysctls: Vec<(Sysctl, u8)>,
     /// UDP conntrack entries deleted so old flows stop going to old targets.
     pub flows_deleted: usize,
+    /// An earlier apply or remove that never finished, whose leftovers
+    /// this one replaced.
+    pub repaired: Option<ledger::Op>,
 }
 
 fn sysctl_err(sysctl: impl ToString) -> impl FnOnce(std::io::Error) -> RulesError {
@@ -103,15 +125,32 @@ fn sysctl_err(sysctl: impl ToString) -> impl FnOnce(std::io::Error) -> RulesErro
     move |source| RulesError::Sysctl { sysctl, source }
 }
 
-/// Install `plan` with `backend`: check forwarding, replace the rules
-/// atomically, switch the sysctls the rules need (and put back the ones
-/// they no longer need), forget UDP flows whose mapping went away, and
-/// verify by reading the rules back.
+/// Install `plan` with `backend`, keeping lowport's state in the state
+/// directory ([`ledger::state_dir`]). See [`apply_in`].
 pub fn apply(
     backend: &mut dyn Backend,
     plan: &RulePlan,
     settings: &RulesSettings,
 ) -> Result<Outcome, RulesError> {
+    apply_in(&ledger::state_dir(), backend, plan, settings)
+}
+
+/// Install `plan` with `backend`, under the lock of the state directory
+/// `state`: check forwarding, put back the sysctls the new rules no
+/// longer need (while the old rules, and their guard, still stand),
+/// replace the rules atomically, switch on the sysctls they need (after
+/// the guard is in), forget UDP flows whose mapping went away, and verify
+/// by reading the rules back. Every step that can fail without touching
+/// the kernel (the state directory, the lock, forwarding) runs first; if
+/// the rules are refused, the sysctls put back are switched on again, so
+/// the previous rules keep serving as they did.
+pub fn apply_in(
+    state: &std::path::Path,
+    backend: &mut dyn Backend,
+    plan: &RulePlan,
+    settings: &RulesSettings,
+) -> Result<Outcome, RulesError> {
+    let mut ledger = ledger::Ledger::lock(state)?;
     for &s in plan.sysctls.iter().filter(|s| s.is_forwarding()) {
         let on = sysctl::read(s).map_err(sysctl_err(s))? == 1;
         if !on && !settings.enable_forwarding {
@@ -134,6 +173,13 @@ pub fn apply(
             });
         }
     }
+    let repaired = ledger.interrupted();
+    if let Some(op) = repaired {
+        tracing::warn!(
+            ledger = %ledger.path().display(),
+            "an earlier `lowport {op}` was interrupted; replacing what it left"
+        );
+    }
     let before = match backend.list() {
         Ok(rules) => rules,
         Err(e) => {
@@ -141,6 +187,13 @@ pub fn apply(
             None
         }
     };
+    ledger.begin(ledger::Op::Apply)?;
+
+    // Sysctls the new rules do not need go back first, while the rules
+    // that needed them (and the guard that makes route_localnet safe) are
+    // still in place.
+    let mut sysctls = ledger.restore_except(&plan.sysctls)?;
+
     // Already in place (a re-run at boot, a config management pass):
     // replacing them would change nothing but cost a transaction.
     let unchanged = before.as_ref() == Some(&plan.rules);
@@ -150,8 +203,20 @@ pub fn apply(
             rules = plan.rules.nat.len(),
             "rules already in place; nothing replaced"
         );
+    } else if let Err(e) = backend.apply(&plan.rules) {
+        // The previous rules still serve: give them back their sysctls.
+        for (s, _) in &sysctls {
+            if let Err(again) = ledger.turn_on(*s) {
+                tracing::warn!(sysctl = %s, error = %again, "cannot switch a sysctl back on for the previous rules");
+            }
+        }
+        // A refused batch left the previous rules; anything else may have
+        // left part of each, which the next apply, remove or check sees.
+        if matches!(e, FirewallError::BatchRejected(_)) {
+            ledger.finish()?;
+        }
+        return Err(e.into());
     } else {
-        backend.apply(&plan.rules)?;
         tracing::info!(
             backend = backend.name(),
             rules = plan.rules.nat.len(),
@@ -159,10 +224,12 @@ pub fn apply(
         );
     }
 
-    let mut ledger = sysctl::Ledger::open().map_err(sysctl_err("the sysctl ledger"))?;
-    let sysctls = ledger
-        .converge(&plan.sysctls)
-        .map_err(sysctl_err("the sysctls the rules need"))?;
+    // The new rules (with their guard) are in: now what they need.
+    for &s in &plan.sysctls {
+        if ledger.turn_on(s)? {
+            sysctls.push((s, 1));
+        }
+    }
     for (s, v) in &sysctls {
         tracing::info!(sysctl = %s, value = v, "sysctl set");
     }
@@ -171,6 +238,7 @@ pub fn apply(
 
     // Unchanged: `before` was that reading, taken a moment ago.
     let found = if unchanged { before } else { backend.list()? };
+    ledger.finish()?;
     if found.as_ref() != Some(&plan.rules) {
         return Err(FirewallError::Verify {
             sent: Box::new(plan.rules.clone()),
@@ -181,25 +249,39 @@ pub fn apply(
     Ok(Outcome {
         sysctls,
         flows_deleted,
+        repaired,
     })
 }
 
-/// Remove lowport's rules and put back every sysctl it changed.
-/// Removing nothing succeeds.
+/// Remove lowport's rules and put back every sysctl it changed, with the
+/// state in the state directory. See [`remove_in`].
 pub fn remove(backend: &mut dyn Backend) -> Result<Outcome, RulesError> {
+    remove_in(&ledger::state_dir(), backend)
+}
+
+/// Remove lowport's rules and put back every sysctl it changed, under the
+/// lock of the state directory `state`. The sysctls go back first:
+/// route_localnet must never be on without the guard. Removing nothing
+/// succeeds.
+pub fn remove_in(
+    state: &std::path::Path,
+    backend: &mut dyn Backend,
+) -> Result<Outcome, RulesError> {
+    let mut ledger = ledger::Ledger::lock(state)?;
+    let repaired = ledger.interrupted();
     let before = backend.list().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot read the current rules; removing them anyway");
         None
     });
+    ledger.begin(ledger::Op::Remove)?;
+    let sysctls = ledger.restore_except(&[])?;
     backend.remove()?;
-    let mut ledger = sysctl::Ledger::open().map_err(sysctl_err("the sysctl ledger"))?;
-    let sysctls = ledger
-        .restore_all()
-        .map_err(sysctl_err("the sysctls lowport changed"))?;
+    ledger.finish()?;
     let flows_deleted = forget_udp_flows(before.as_ref(), None);
     Ok(Outcome {
         sysctls,
         flows_deleted,
+        repaired,
     })
 }
 

@@ -387,52 +387,105 @@ impl Nftables {
         install: Install,
         reject: bool,
     ) -> Result<(), FirewallError> {
-        let table = lowport_table();
-        let flags = self.create_flags();
-        let mut batch = Batch::new();
-        match install {
-            Install::Create => batch.add(&TableMsg { flags }, MsgType::Add),
-            Install::Replace => {
-                batch.add(&TableMsg { flags: None }, MsgType::Add);
-                batch.add(&TableMsg { flags: None }, MsgType::Del);
-                batch.add(&TableMsg { flags }, MsgType::Add);
-            }
-        }
-        let layout = layout(rules);
-        let chains: Vec<Chain<'_>> = layout.iter().map(|(spec, _)| spec.chain(&table)).collect();
-        for chain in &chains {
-            batch.add(chain, MsgType::Add);
-        }
-        for ((_, specs), chain) in layout.iter().zip(&chains) {
-            for spec in specs {
-                let mut rule = Rule::new(chain);
-                for expr in &spec.exprs {
-                    rule.add_expr(expr);
-                }
-                if !spec.comment.is_empty() {
-                    let comment = CString::new(spec.comment.as_str())
-                        .map_err(|_| invalid(&spec.text, "the comment holds a NUL byte"))?;
-                    rule.set_comment(comment)
-                        .map_err(|_| invalid(&spec.text, "the comment is too long"))?;
-                }
-                batch.add(&rule, MsgType::Add);
-            }
-        }
-        if reject {
-            let missing = Chain::new(c"lowport-test-missing-chain", &table);
-            let mut rule = Rule::new(&missing);
-            rule.add_expr(&Expr::Verdict {
-                code: libc::NF_ACCEPT,
-            });
-            batch.add(&rule, MsgType::Add);
-        }
+        let batch = build_batch(rules, install, reject, self.create_flags())?;
         let exclusive = match install {
             Install::Create => Some(NFT_MSG_NEWTABLE),
             Install::Replace => None,
         };
-        let sent = self.send_finalized(&batch.finalize(), exclusive);
+        let sent = self.send_finalized(&batch, exclusive);
         sent.map_err(|e| refused(self, e, FirewallError::BatchRejected))
     }
+}
+
+/// The batch that installs `rules`: the table (recreated when replacing),
+/// its chains, its rules.
+fn build_batch(
+    rules: &RuleSet,
+    install: Install,
+    reject: bool,
+    flags: Option<u32>,
+) -> Result<FinalizedBatch, FirewallError> {
+    let table = lowport_table();
+    let mut batch = Batch::new();
+    match install {
+        Install::Create => batch.add(&TableMsg { flags }, MsgType::Add),
+        Install::Replace => {
+            batch.add(&TableMsg { flags: None }, MsgType::Add);
+            batch.add(&TableMsg { flags: None }, MsgType::Del);
+            batch.add(&TableMsg { flags }, MsgType::Add);
+        }
+    }
+    let layout = layout(rules);
+    let chains: Vec<Chain<'_>> = layout.iter().map(|(spec, _)| spec.chain(&table)).collect();
+    for chain in &chains {
+        batch.add(chain, MsgType::Add);
+    }
+    for ((_, specs), chain) in layout.iter().zip(&chains) {
+        for spec in specs {
+            let mut rule = Rule::new(chain);
+            for expr in &spec.exprs {
+                rule.add_expr(expr);
+            }
+            if !spec.comment.is_empty() {
+                let comment = CString::new(spec.comment.as_str())
+                    .map_err(|_| invalid(&spec.text, "the comment holds a NUL byte"))?;
+                rule.set_comment(comment)
+                    .map_err(|_| invalid(&spec.text, "the comment is too long"))?;
+            }
+            batch.add(&rule, MsgType::Add);
+        }
+    }
+    if reject {
+        let missing = Chain::new(c"lowport-test-missing-chain", &table);
+        let mut rule = Rule::new(&missing);
+        rule.add_expr(&Expr::Verdict {
+            code: libc::NF_ACCEPT,
+        });
+        batch.add(&rule, MsgType::Add);
+    }
+    Ok(batch.finalize())
+}
+
+/// For fuzzing and its seeds: the netlink messages of the batch that
+/// installs `rules`. Its rule messages have the layout of a dump's.
+#[doc(hidden)]
+pub fn batch_bytes_for_fuzzing(rules: &RuleSet) -> Result<Vec<u8>, FirewallError> {
+    let batch = build_batch(rules, Install::Replace, false, None)?;
+    let mut bytes = Vec::new();
+    for part in &batch {
+        bytes.extend_from_slice(part);
+    }
+    Ok(bytes)
+}
+
+/// For fuzzing: decode netlink messages as a rule dump is decoded (every
+/// `NEWRULE` of lowport's table), then into the rule set they implement,
+/// with the chains a table for `chains_of` would have. Any input gives an
+/// answer, never a panic.
+#[doc(hidden)]
+pub fn decode_dump_for_fuzzing(buf: &[u8], chains_of: &RuleSet) -> Result<RuleSet, String> {
+    let mut rules = Vec::new();
+    for msg in netlink::messages(buf) {
+        let msg = msg.map_err(|e| e.to_string())?;
+        if msg.ty == (u16::from(SUBSYS_NFTABLES) << 8 | libc::NFT_MSG_NEWRULE as u16) {
+            let rule = dump::parse_rule(&msg).map_err(|e| e.to_string())?;
+            if rule.table == TABLE {
+                rules.push(rule);
+            }
+        }
+    }
+    let chains: Vec<KernelChain> = layout(chains_of)
+        .into_iter()
+        .map(|(spec, _)| KernelChain {
+            table: TABLE.into(),
+            name: spec.name.into(),
+            hook: Some(spec.hook as u32),
+            prio: Some(spec.priority),
+            kind: Some(spec.kind_name().into()),
+            policy: Some(libc::NF_ACCEPT as u32),
+        })
+        .collect();
+    decode(&chains, &rules)
 }
 
 fn lowport_table() -> Table {
@@ -1337,6 +1390,13 @@ mod tests {
         validate(&rs).unwrap();
         let (chains, rules) = as_kernel(&rs);
         assert_eq!(decode(&chains, &rules).unwrap(), rs);
+    }
+
+    #[test]
+    fn a_batch_decodes_as_a_dump_of_the_same_rules() {
+        let rs = every_shape();
+        let bytes = batch_bytes_for_fuzzing(&rs).unwrap();
+        assert_eq!(decode_dump_for_fuzzing(&bytes, &rs), Ok(rs));
     }
 
     #[test]

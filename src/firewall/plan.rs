@@ -199,12 +199,22 @@ pub trait HostView {
 /// Why mappings cannot become rules. These are configuration errors (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("{mapping}: cannot resolve target host \"{host}\"; use an address, or check DNS")]
+    #[error("{mapping}: cannot resolve target host {host:?}; use an address, or check DNS")]
     Resolve {
         mapping: String,
         host: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "{mapping}: target host {host:?} resolves to {addr}, {what}, which cannot be a target; \
+         correct the name's address (DNS, /etc/hosts) or write an address"
+    )]
+    BadAddress {
+        mapping: String,
+        host: String,
+        addr: IpAddr,
+        what: &'static str,
     },
     #[error(
         "{mapping}: listens on {listen_family} only but the target {target} has no {listen_family} \
@@ -223,6 +233,7 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
     let mut pre = Vec::new();
     let mut out = Vec::new();
     let mut masquerade = Vec::new();
+    let mut masquerade_seen = std::collections::HashSet::new();
     let mut sysctls = Vec::new();
     let mut warnings = Vec::new();
 
@@ -230,6 +241,9 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
         let comment = m.label();
         let port = m.target.port.get();
         let families = listen_families(&m.listen);
+        // This mapping's rules start here: `covers` looks at them only
+        // (scanning every earlier rule made planning quadratic).
+        let (pre_start, out_start) = (pre.len(), out.len());
         // Each family the client may use, with the target address it goes to.
         let mut targets: Vec<FamilyTarget> = Vec::new();
         match &m.target.host {
@@ -241,6 +255,16 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
                     host: name.clone(),
                     source,
                 })?;
+                for &addr in &addrs {
+                    if let Some(what) = crate::mapping::unusable_target(addr) {
+                        return Err(PlanError::BadAddress {
+                            mapping: m.to_string(),
+                            host: name.clone(),
+                            addr,
+                            what,
+                        });
+                    }
+                }
                 targets.extend(per_family(m, &families, &addrs)?);
             }
         }
@@ -279,15 +303,15 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
                         },
                     );
                     for l4 in m.protocol.l4s() {
-                        push_unique(
-                            &mut masquerade,
-                            MasqRule {
-                                daddr: a,
-                                l4,
-                                dport: port,
-                                comment: comment.clone(),
-                            },
-                        );
+                        let masq = MasqRule {
+                            daddr: a,
+                            l4,
+                            dport: port,
+                            comment: comment.clone(),
+                        };
+                        if masquerade_seen.insert(masq.clone()) {
+                            masquerade.push(masq);
+                        }
                     }
                     true
                 }
@@ -311,7 +335,7 @@ pub fn plan(mappings: &[Mapping], host: &dyn HostView) -> Result<RulePlan, PlanE
         }
         if let (TargetHost::Ip(_) | TargetHost::Name(_), None) = (&m.target.host, m.listen.addr) {
             for missing in [Family::V4, Family::V6] {
-                if !covers(&pre, &out, m, missing) {
+                if !covers(&pre[pre_start..], &out[out_start..], m, missing) {
                     warnings.push(format!(
                         "{m}: {missing} clients are not mapped: the target has no {missing} address"
                     ));
@@ -376,10 +400,18 @@ fn per_family(
 }
 
 fn covers(pre: &[NatRule], out: &[NatRule], m: &Mapping, family: Family) -> bool {
+    #[cfg(test)]
+    RULES_SCANNED.with(|c| c.set(c.get() + pre.len() as u64 + out.len() as u64));
     let label = m.label();
     pre.iter()
         .chain(out)
         .any(|r| r.comment == label && r.family.is_none_or(|f| f == family))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Rules `covers` looked at on this thread.
+    static RULES_SCANNED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 fn push_unique<T: PartialEq>(v: &mut Vec<T>, item: T) {
@@ -404,6 +436,14 @@ mod tests {
                     "fd00::5".parse().unwrap(),
                 ]),
                 "v4.lan" => Ok(vec!["10.0.0.6".parse().unwrap()]),
+                "zero.lan" => Ok(vec!["0.0.0.0".parse().unwrap()]),
+                "group.lan" => Ok(vec![
+                    "10.0.0.7".parse().unwrap(),
+                    "224.0.0.1".parse().unwrap(),
+                ]),
+                "all.lan" => Ok(vec!["255.255.255.255".parse().unwrap()]),
+                "mapped.lan" => Ok(vec!["::ffff:255.255.255.255".parse().unwrap()]),
+                "any6.lan" => Ok(vec!["::".parse().unwrap()]),
                 _ => Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "no such host",
@@ -542,10 +582,52 @@ mod tests {
     }
 
     #[test]
+    fn planning_looks_at_each_rule_a_bounded_number_of_times() {
+        let n: u16 = 5000;
+        let mappings: Vec<Mapping> = (1..=n)
+            .map(|i| {
+                let ip = Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1);
+                let mut m = mapping(None, i, TargetHost::Ip(IpAddr::V4(ip)), 8080);
+                m.index = usize::from(i) - 1;
+                m
+            })
+            .collect();
+        RULES_SCANNED.with(|c| c.set(0));
+        let p = plan(&mappings, &FakeHost).unwrap();
+        assert_eq!(p.rules.masquerade.len(), usize::from(n));
+        let scanned = RULES_SCANNED.with(|c| c.get());
+        assert!(
+            scanned <= 10 * u64::from(n),
+            "{scanned} rules scanned for {n} mappings"
+        );
+    }
+
+    #[test]
     fn unresolvable_name_names_the_host() {
         let m = mapping(None, 80, TargetHost::Name("nowhere.invalid".into()), 8080);
         let msg = plan(&[m], &FakeHost).unwrap_err().to_string();
         assert!(msg.contains("\"nowhere.invalid\""), "{msg}");
+    }
+
+    #[test]
+    fn names_that_resolve_to_unusable_addresses_are_refused() {
+        for (name, addr) in [
+            ("zero.lan", "0.0.0.0"),
+            ("group.lan", "224.0.0.1"),
+            ("all.lan", "255.255.255.255"),
+            ("mapped.lan", "::ffff:255.255.255.255"),
+            ("any6.lan", "::"),
+        ] {
+            let m = mapping(None, 80, TargetHost::Name(name.into()), 8080);
+            let msg = match plan(&[m], &FakeHost) {
+                Ok(p) => panic!("{name}: planned {:?}", p.rules),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                msg.contains(&format!("\"{name}\" resolves to {addr}")),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

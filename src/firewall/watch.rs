@@ -367,7 +367,8 @@ impl Watcher {
             .copied()
             .filter(|s| *s != Sysctl::RouteLocalnet)
             .collect();
-        match super::sysctl::Ledger::open().and_then(|mut l| l.converge(&keep)) {
+        let ledger = super::ledger::Ledger::lock(&super::ledger::state_dir());
+        match ledger.and_then(|mut l| l.restore_except(&keep)) {
             Ok(changed) => {
                 for (s, v) in changed {
                     tracing::warn!(sysctl = %s, value = v,

@@ -93,6 +93,58 @@ pub fn require_root(test: &str) -> bool {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The state directory lowport uses in this test process (instead of the
+/// host's /run/lowport), and how many namespaces use it: made private
+/// (0700, a fresh name that did not exist) with the first namespace,
+/// removed with the last.
+static STATE_DIR: std::sync::Mutex<Option<(PathBuf, usize)>> = std::sync::Mutex::new(None);
+
+/// This test process's private state directory for lowport (made when
+/// missing). Namespaces keep it alive; see [`Netns`].
+pub fn state_dir() -> PathBuf {
+    let mut guard = STATE_DIR.lock().unwrap_or_else(|e| e.into_inner());
+    match &*guard {
+        Some((dir, _)) => dir.clone(),
+        None => {
+            let dir = private_dir("lowport-test-state");
+            *guard = Some((dir.clone(), 0));
+            dir
+        }
+    }
+}
+
+fn state_dir_users(delta: isize) {
+    let _ = state_dir();
+    let mut guard = STATE_DIR.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((dir, n)) = guard.as_mut() {
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 && delta < 0 {
+            let _ = std::fs::remove_dir_all(&*dir);
+            *guard = None;
+        }
+    }
+}
+
+/// A new directory only this process's user can enter, under a name
+/// nobody had (like mkdtemp: `create_dir` fails on an existing name).
+pub fn private_dir(tag: &str) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    for attempt in 0u32.. {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("{tag}-{}-{nanos:x}-{attempt}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return dir,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => continue,
+            Err(e) => panic!("cannot make {}: {e}", dir.display()),
+        }
+    }
+    unreachable!()
+}
+
 /// Run a command on the host, panic with its output unless it succeeds.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
@@ -123,6 +175,7 @@ impl Netns {
         let name = format!("lp-{}-{}-{}", tag, std::process::id(), n);
         assert!(name.len() < 40, "namespace name too long: {name}");
         sh("ip", &["netns", "add", &name]);
+        state_dir_users(1);
         let ns = Netns {
             name,
             children: Vec::new(),
@@ -159,10 +212,9 @@ impl Netns {
     /// host's /run/lowport.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program).env(
-            "LOWPORT_STATE_DIR",
-            std::env::temp_dir().join(format!("lowport-test-state-{}", std::process::id())),
-        );
+        c.args(["netns", "exec", &self.name])
+            .arg(program)
+            .env("LOWPORT_STATE_DIR", state_dir());
         c
     }
 
@@ -308,6 +360,7 @@ impl Drop for Netns {
         if MADE_ETC_NETNS.load(Ordering::SeqCst) {
             let _ = std::fs::remove_dir("/etc/netns");
         }
+        state_dir_users(-1);
     }
 }
 

@@ -785,8 +785,26 @@ impl Engine {
                 self.refuse(key, "the name resolved to no address".to_owned());
             }
             Ok(a) => {
-                c.addrs = a;
-                self.connect_next(key);
+                // Checked as a literal target is (mapping.rs): a name that
+                // resolves to the broadcast, unspecified or a multicast
+                // address is not a backend.
+                let (usable, unusable): (Vec<_>, Vec<_>) = a
+                    .into_iter()
+                    .partition(|addr| crate::mapping::unusable_target(addr.ip()).is_none());
+                if usable.is_empty() {
+                    let why = unusable
+                        .iter()
+                        .map(|addr| {
+                            let what = crate::mapping::unusable_target(addr.ip()).unwrap_or("");
+                            format!("{}: {what}, not a backend", addr.ip())
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    self.refuse(key, format!("the name resolved only to {why}"));
+                } else {
+                    c.addrs = usable;
+                    self.connect_next(key);
+                }
             }
             Err(e) => self.refuse(key, e),
         }

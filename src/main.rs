@@ -55,12 +55,21 @@ fn init_tracing(verbose: u8, quiet: bool) {
 /// message quotes (a file name, a value from the config, a kernel answer)
 /// has its line breaks and other control characters escaped, so nothing
 /// a user wrote can start a line of its own.
+///
+/// A cause the line above already quotes word for word (an error that puts
+/// its source in its own message, as `cannot read FILE: {source}` does)
+/// is not printed again.
 fn report(failure: &Failure) {
     let err = failure.error();
-    eprintln!("lowport: error: {}", one_line(&err.to_string()));
+    let mut shown = err.to_string();
+    eprintln!("lowport: error: {}", one_line(&shown));
     let mut source = err.source();
     while let Some(cause) = source {
-        eprintln!("  caused by: {}", one_line(&cause.to_string()));
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            eprintln!("  caused by: {}", one_line(&text));
+        }
+        shown = text;
         source = cause.source();
     }
 }

@@ -179,3 +179,24 @@ fn values_quoted_in_errors_cannot_forge_lines() {
     let out = Command::new(bin).arg("frobnicate").output().unwrap();
     assert_one_error_line(&out, "an unknown subcommand");
 }
+
+/// An error that quotes its cause in its own message does not print it a
+/// second time as "caused by".
+#[test]
+fn a_missing_file_names_its_cause_once() {
+    let missing = std::env::temp_dir().join(format!("lowport-missing-{}.yaml", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_lowport"))
+        .args([
+            "-c",
+            missing.to_str().expect("path"),
+            "rules",
+            "apply",
+            "--dry-run",
+        ])
+        .output()
+        .expect("run lowport");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}

@@ -16,8 +16,7 @@ const CONFIG: &str =
     "mappings:\n  - name: web\n    listen: 80\n    to: 8080\nrules:\n  backend: iptables\n";
 
 fn config_file(tag: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lowport-check-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = common::process_dir("lowport-check-test");
     let p = dir.join(format!("{tag}.yaml"));
     std::fs::write(&p, text).expect("config file");
     p

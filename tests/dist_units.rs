@@ -24,6 +24,7 @@ fn units_pass_systemd_analyze_verify() {
     assert!(probe.status.success());
     let tmp = std::env::temp_dir().join(format!("lowport-units-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
+    let _remove = RemoveOnDrop(tmp.clone());
     let mut units = Vec::new();
     for entry in std::fs::read_dir(unit_dir()).unwrap() {
         let path = entry.unwrap().path();
@@ -163,5 +164,14 @@ fn rules_unit_may_run_iptables_legacy() {
         .expect("CapabilityBoundingSet=");
     for cap in ["CAP_NET_ADMIN", "CAP_NET_RAW"] {
         assert!(bounding.split_whitespace().any(|c| c == cap), "{bounding}");
+    }
+}
+
+/// Removes a directory when dropped, also when the test fails.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

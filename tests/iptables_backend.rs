@@ -20,8 +20,7 @@ fn example(name: &str) -> String {
 }
 
 fn tempfile(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lowport-ipt-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = common::process_dir("lowport-ipt-test");
     let p = dir.join(name);
     std::fs::write(&p, text).expect("temp file");
     p

@@ -308,8 +308,7 @@ fn remote_target_forwards_and_masquerades() {
 }
 
 fn tempfile(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lowport-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::process_dir("lowport-test");
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p

@@ -33,6 +33,35 @@ pub fn backend_bin() -> PathBuf {
     path
 }
 
+/// Directories made for this test process, removed when it exits.
+static PROCESS_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn remove_process_dirs() {
+    if let Ok(dirs) = PROCESS_DIRS.lock() {
+        for d in dirs.iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// `/tmp/TAG-PID`, made once per test process and removed when the
+/// process exits (the test harness ends with exit(3), which runs atexit
+/// handlers, whether the tests passed or failed).
+pub fn process_dir(tag: &str) -> PathBuf {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: registers a plain extern "C" function with no arguments.
+        unsafe { libc::atexit(remove_process_dirs) };
+    });
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    let mut dirs = PROCESS_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    if !dirs.contains(&dir) {
+        std::fs::create_dir_all(&dir).expect("create the test process's directory");
+        dirs.push(dir.clone());
+    }
+    dir
+}
+
 /// `path`, or a copy of it that an unprivileged user can execute: the
 /// tests run binaries as `nobody`, and a checkout under a private
 /// directory (such as /root, mode 700) is not reachable for that user.
@@ -45,8 +74,7 @@ pub fn runnable_by_anyone(path: &std::path::Path) -> PathBuf {
     if reachable {
         return path.to_owned();
     }
-    let dir = std::env::temp_dir().join(format!("lowport-test-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create dir for test binaries");
+    let dir = process_dir("lowport-test-bin");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let copy = dir.join(path.file_name().expect("binary name"));
     if !copy.exists() {

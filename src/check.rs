@@ -1553,6 +1553,28 @@ mod tests {
         }
         let c = decode_vfs_caps(&v2).unwrap();
         assert!(c.effective && c.permitted & (1 << CAP_NET_BIND_SERVICE) != 0);
+        // cap_net_bind_service=+p: permitted only, not effective (the
+        // effective flag is bit 0 of the magic word alone).
+        let mut p_only = Vec::new();
+        for w in [0x0200_0000u32, 1 << 10, 0, 0, 0] {
+            p_only.extend_from_slice(&w.to_le_bytes());
+        }
+        let c = decode_vfs_caps(&p_only).unwrap();
+        assert!(!c.effective, "+p counted as effective");
+        assert_eq!(c.permitted, 1 << CAP_NET_BIND_SERVICE);
+        // Revision 2 keeps the high 32 capabilities in word 3; revision 1
+        // has none.
+        let mut high = Vec::new();
+        for w in [0x0200_0001u32, 0, 0, 1, 0] {
+            high.extend_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(decode_vfs_caps(&high).unwrap().permitted, 1 << 32);
+        let mut v1 = Vec::new();
+        for w in [0x0100_0001u32, 1 << 10, 0, 1, 0] {
+            v1.extend_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(decode_vfs_caps(&v1).unwrap().permitted, 1 << 10);
+        assert!(decode_vfs_caps(&[1, 2, 3]).is_none(), "a short attribute");
     }
 
     #[test]

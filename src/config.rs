@@ -1117,6 +1117,63 @@ mod tests {
         parse_str(yaml, Path::new("test.yaml")).map_err(|e| e.to_string())
     }
 
+    /// Names must be unique, and distinct names are fine (a comparison
+    /// turned around would accept the one and refuse the other).
+    #[test]
+    fn duplicate_names_are_refused_and_distinct_ones_accepted() {
+        let two = |a: &str, b: &str| {
+            parse(&format!(
+                "mappings:\n  - {{name: {a}, listen: 80, to: 8080}}\n  - {{name: {b}, listen: 81, to: 8081}}\n"
+            ))
+        };
+        assert!(two("web", "api").is_ok());
+        let err = two("web", "web").unwrap_err();
+        assert!(err.contains("web"), "{err}");
+    }
+
+    /// Every protocol keyword parses to its own protocol.
+    #[test]
+    fn protocols_parse_to_themselves() {
+        for (word, want) in [
+            ("tcp", Protocol::Tcp),
+            ("udp", Protocol::Udp),
+            ("both", Protocol::Both),
+        ] {
+            let c = parse(&format!(
+                "mappings:\n  - {{listen: 80, to: 8080, protocol: {word}}}\n"
+            ))
+            .unwrap();
+            assert_eq!(c.mappings[0].protocol, want, "{word}");
+        }
+        assert!(parse("mappings:\n  - {listen: 80, to: 8080, protocol: sctp}\n").is_err());
+    }
+
+    /// A host name is letters, digits and inner hyphens in dot-separated
+    /// labels of 1 to 63 characters; anything else is refused, not looked
+    /// up.
+    #[test]
+    fn host_names_are_checked() {
+        for good in ["backend", "backend.lan", "a-b.example", "x1"] {
+            assert!(is_host_name(good), "{good}");
+        }
+        let long_label = "a".repeat(64);
+        let long_name = ["a"; 128].join("."); // 255 characters, over 253
+        for bad in [
+            "",
+            "bad_name",
+            "-x",
+            "x-",
+            "a..b",
+            "bad!",
+            "1.2.3",
+            "sp ace",
+            long_label.as_str(),
+            long_name.as_str(),
+        ] {
+            assert!(!is_host_name(bad), "{bad:?} taken for a host name");
+        }
+    }
+
     /// Mappings covering every kind of listen overlap: both families,
     /// each family's wildcard, exact addresses, names, both protocols.
     fn mixed_mappings() -> Vec<Mapping> {

@@ -155,29 +155,8 @@ fn urgent_data_in_a_bulk_upload_loses_no_byte() {
     let (first, second) = (bytes(1, 4_000_000), bytes(2, 4_000_000));
     for _ in 0..3 {
         let mut c = connect_in(&ns, "127.0.0.1:9080").expect("connect");
-        c.write_all(&first).expect("first 4 MB");
-        socket2::SockRef::from(&c)
-            .send_out_of_band(b"U")
-            .expect("urgent byte");
-        c.write_all(&second).expect("second 4 MB");
-        c.shutdown(Shutdown::Write).expect("half-close");
-        let received = got
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the backend's connection ended")
-            .expect("the backend read to a clean end");
-        assert_eq!(
-            received.len(),
-            first.len() + 1 + second.len(),
-            "the backend got {} bytes\n{}",
-            received.len(),
-            proxy.log_text()
-        );
-        assert!(received[..first.len()] == first[..], "first 4 MB differ");
-        assert_eq!(received[first.len()], b'U', "the urgent byte");
-        assert!(
-            received[first.len() + 1..] == second[..],
-            "last 4 MB differ"
-        );
+        send_with_urgent_byte(&mut c, &first, &second);
+        expect_with_urgent_byte(&got, &first, &second, &proxy);
     }
 }
 
@@ -372,14 +351,30 @@ fn urgent_data_queued_ahead_of_a_fin_loses_no_byte() {
         wait_until(Duration::from_secs(5), || stopped(proxy.pid())),
         "the proxy did not stop"
     );
-    c.write_all(&first).expect("first MB");
-    socket2::SockRef::from(&c)
-        .send_out_of_band(b"U")
-        .expect("urgent byte");
-    c.write_all(&second).expect("second MB");
-    c.shutdown(Shutdown::Write).expect("half-close");
+    send_with_urgent_byte(&mut c, &first, &second);
     std::thread::sleep(Duration::from_millis(300));
     proxy.signal(libc::SIGCONT);
+    expect_with_urgent_byte(&got, &first, &second, &proxy);
+}
+
+/// `first`, one urgent byte `U` (MSG_OOB), `second`, then a FIN.
+fn send_with_urgent_byte(c: &mut std::net::TcpStream, first: &[u8], second: &[u8]) {
+    c.write_all(first).expect("the bytes before the urgent one");
+    socket2::SockRef::from(&*c)
+        .send_out_of_band(b"U")
+        .expect("urgent byte");
+    c.write_all(second).expect("the bytes after it");
+    c.shutdown(Shutdown::Write).expect("half-close");
+}
+
+/// The backend's connection ended cleanly after exactly `first`, `U`,
+/// `second`.
+fn expect_with_urgent_byte(
+    got: &mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    first: &[u8],
+    second: &[u8],
+    proxy: &Proxy,
+) {
     let received = got
         .recv_timeout(Duration::from_secs(30))
         .expect("the backend's connection ended")
@@ -391,10 +386,10 @@ fn urgent_data_queued_ahead_of_a_fin_loses_no_byte() {
         received.len(),
         proxy.log_text()
     );
-    assert!(received[..first.len()] == first[..], "first MB differs");
+    assert!(received[..first.len()] == *first, "the bytes before differ");
     assert_eq!(received[first.len()], b'U', "the urgent byte");
     assert!(
-        received[first.len() + 1..] == second[..],
-        "second MB differs"
+        received[first.len() + 1..] == *second,
+        "the bytes after differ"
     );
 }

@@ -28,12 +28,20 @@ const IDLE_FLOWS: usize = 256;
 /// Datagrams the sink received.
 static SINK_COUNT: AtomicU64 = AtomicU64::new(0);
 
-/// (size, flows, rate key, cpu key) of the saturated figures.
-const BLASTS: [(usize, usize, &str, &str); 4] = [
-    (64, 1, "r64_1", "c64_1"),
-    (64, 16, "r64_16", "c64_16"),
-    (1200, 1, "r1200_1", "c1200_1"),
-    (1200, 16, "r1200_16", "c1200_16"),
+/// (size, flows, rate key, cpu key, CPU 0 and CPU 1 busy keys) of the
+/// saturated figures.
+type Blast = (usize, usize, &'static str, &'static str, [&'static str; 2]);
+const BLASTS: [Blast; 4] = [
+    (64, 1, "r64_1", "c64_1", ["b0_64_1", "b1_64_1"]),
+    (64, 16, "r64_16", "c64_16", ["b0_64_16", "b1_64_16"]),
+    (1200, 1, "r1200_1", "c1200_1", ["b0_1200_1", "b1_1200_1"]),
+    (
+        1200,
+        16,
+        "r1200_16",
+        "c1200_16",
+        ["b0_1200_16", "b1_1200_16"],
+    ),
 ];
 
 /// `LOWPORT_BENCH_ONLY=udp`: the UDP rows only.
@@ -194,8 +202,9 @@ fn paced(port: u16, secs: f64) -> std::io::Result<f64> {
 }
 
 /// One flow, 64-byte requests echoed by the sink, one at a time, for
-/// `secs`: p99 of the round trip in µs (lost requests are not counted).
-fn request_response(port: u16, secs: f64) -> std::io::Result<f64> {
+/// `secs`: (p50, p99) of the round trip in µs (lost requests are not
+/// counted).
+fn request_response(port: u16, secs: f64) -> std::io::Result<(f64, f64)> {
     let s = client(port)?;
     let req = [b'e'; 64];
     let mut back = [0u8; 2048];
@@ -211,7 +220,11 @@ fn request_response(port: u16, secs: f64) -> std::io::Result<f64> {
             lat.push(t0.elapsed());
         }
     }
-    Ok(p99_us(lat))
+    lat.sort_unstable();
+    let p50 = lat
+        .get(lat.len() / 2)
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
+    Ok((p50, p99_us(lat)))
 }
 
 fn start_peers() -> Vec<Peer> {
@@ -385,16 +398,25 @@ pub(super) fn run(rounds: usize, secs: f64) -> String {
         } else {
             order
         };
-        for (size, nflows, rate_key, cpu_key) in BLASTS {
+        for (size, nflows, rate_key, cpu_key, busy_keys) in BLASTS {
             for &i in &order {
                 let (p, r) = (&peers[i], &mut rows[i]);
                 if p.skipped.is_some() || r.error.is_some() {
                     continue;
                 }
-                let cpu0 = cpu_seconds(p);
+                let (cpu0, busy0) = (cpu_seconds(p), super::cpu_jiffies());
                 match with_rules(p, || blast(p.port, size, nflows, secs)) {
                     Ok((_, got, dt)) => {
                         r.add(rate_key, got as f64 / dt);
+                        // Each CPU's busy share: where the rate is set.
+                        for ((key, b), n) in busy_keys.iter().zip(&busy0).zip(super::cpu_jiffies())
+                        {
+                            let total = n.total.saturating_sub(b.total);
+                            if total > 0 {
+                                let busy = n.busy.saturating_sub(b.busy) as f64;
+                                r.add(key, 100.0 * busy / total as f64);
+                            }
+                        }
                         if let (Some(c0), Some(c1)) = (cpu0, cpu_seconds(p)) {
                             r.add(cpu_key, (c1 - c0) * 1e6 / got.max(1) as f64);
                         }
@@ -413,7 +435,10 @@ pub(super) fn run(rounds: usize, secs: f64) -> String {
                 Err(e) => r.error = Some(format!("failed: {e}")),
             }
             match with_rules(p, || request_response(p.port, secs)) {
-                Ok(p99) => r.add("rr_p99", p99),
+                Ok((p50, p99)) => {
+                    r.add("rr_p50", p50);
+                    r.add("rr_p99", p99);
+                }
                 Err(e) => r.error = Some(format!("failed: {e}")),
             }
         }
@@ -445,6 +470,7 @@ pub(super) fn run(rounds: usize, secs: f64) -> String {
     }
     let num = |v: f64| format!("{v:.0}");
     let pct = |v: f64| format!("{v:.2}%");
+    let pct0 = |v: f64| format!("{v:.0}%");
     let us = |v: f64| format!("{v:.0} µs");
     let kib = |v: f64| format!("{v:.1} KiB");
     let col = |key, title, fmt: fn(f64) -> String, ratio| super::Column {
@@ -462,6 +488,7 @@ pub(super) fn run(rounds: usize, secs: f64) -> String {
             col("r1200_1", "dgram/s 1,200 B ×1", num, true),
             col("r1200_16", "dgram/s 1,200 B ×16", num, true),
             col("loss", "loss @20k/s", pct, false),
+            col("rr_p50", "req/resp p50", us, true),
             col("rr_p99", "req/resp p99", us, true),
         ],
     );
@@ -475,6 +502,20 @@ pub(super) fn run(rounds: usize, secs: f64) -> String {
             col("c1200_16", "1,200 B ×16", fmt_cpu, false),
             col("pss", "proxy PSS/idle flow", kib, false),
             col("kern", "proxy kernel/idle flow", kib, false),
+        ],
+    );
+    let busy = super::table(
+        &peers,
+        &rows,
+        &[
+            col("b0_64_1", "64 B ×1: CPU 0", pct0, false),
+            col("b1_64_1", "CPU 1", pct0, false),
+            col("b0_64_16", "64 B ×16: CPU 0", pct0, false),
+            col("b1_64_16", "CPU 1", pct0, false),
+            col("b0_1200_1", "1,200 B ×1: CPU 0", pct0, false),
+            col("b1_1200_1", "CPU 1", pct0, false),
+            col("b0_1200_16", "1,200 B ×16: CPU 0", pct0, false),
+            col("b1_1200_16", "CPU 1", pct0, false),
         ],
     );
     let targets = super::targets(&peers, &rows, TARGETS, &[]);
@@ -507,7 +548,11 @@ pub(super) fn run(rounds: usize, secs: f64) -> String {
          Idle flows: PSS and kernel memory charged to the relay's cgroup, per flow, after opening {IDLE_FLOWS} more flows \
          (one datagram each).\n\n\
          ## Targets (lowport ÷ best relay, nginx or socat)\n\n{targets}\n{loss_line}\n\
-         ## Traffic\n\n{traffic}\n## Cost\n\n{cost}",
+         ## Traffic\n\n{traffic}\n## Cost\n\n{cost}\n\
+         ## Where the limit is\n\nEach CPU's busy share during the saturated figures. CPU 0 runs the sender, the sink \
+         and the kernel's work for their sockets (for the kernel DNAT row, all of it: the translation runs in the sender's \
+         softirq); CPU 1 runs the relay. Where CPU 0 is near 100% and CPU 1 is not, the rate is set by the load generator, \
+         and the relay's CPU per datagram is the figure that compares relays.\n\n{busy}",
         super::machine_line(),
         rounds,
     );

@@ -436,6 +436,12 @@ fn write_tmp(name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// Remove this run's directory of config files (write_tmp).
+fn remove_tmp() {
+    let dir = std::env::temp_dir().join(format!("lowport-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn lowport_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lowport"))
 }
@@ -1736,6 +1742,7 @@ fn main() {
     if udp::only() {
         println!("{}", udp::run(rounds, secs));
         remove_cgroups();
+        remove_tmp();
         let _ = Command::new(lowport_bin())
             .args(["rules", "remove"])
             .output();
@@ -2019,6 +2026,7 @@ fn main() {
         udp::run(rounds, secs);
     }
     remove_cgroups();
+    remove_tmp();
     let _ = Command::new(lowport_bin())
         .args(["rules", "remove"])
         .output();

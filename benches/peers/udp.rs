@@ -178,12 +178,31 @@ fn blast(port: u16, size: usize, n: usize, secs: f64) -> std::io::Result<(u64, u
     Ok((sent, drained() - c0, dt))
 }
 
+/// This namespace's UDP datagrams dropped at a full socket receive buffer
+/// (`RcvbufErrors` of /proc/net/snmp, which is per network namespace).
+fn rcvbuf_errors() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// 1,200-byte datagrams at PACED_RATE over 16 flows, sent a millisecond's
-/// share at a time, for `secs`: the share lost.
-fn paced(port: u16, secs: f64) -> std::io::Result<f64> {
+/// share at a time, for `secs`: the share lost, and the share dropped at a
+/// full socket receive buffer (the relay's or the sink's: a receiver that
+/// was not scheduled in time).
+fn paced(port: u16, secs: f64) -> std::io::Result<(f64, f64)> {
     let socks = flows(port, 16, 1200)?;
     let buf = vec![b'x'; 1200];
     let c0 = drained();
+    let e0 = rcvbuf_errors();
     let t = Instant::now();
     let mut sent = 0u64;
     let mut k = 0usize;
@@ -198,7 +217,9 @@ fn paced(port: u16, secs: f64) -> std::io::Result<f64> {
         std::thread::sleep(Duration::from_micros(500));
     }
     let got = drained() - c0;
-    Ok(1.0 - got as f64 / sent.max(1) as f64)
+    let full = rcvbuf_errors() - e0;
+    let sent = sent.max(1) as f64;
+    Ok((1.0 - got as f64 / sent, full as f64 / sent))
 }
 
 /// One flow, 64-byte requests echoed by the sink, one at a time, for
@@ -431,7 +452,10 @@ pub(super) fn run(rounds: usize, secs: f64) -> String {
                 continue;
             }
             match with_rules(p, || paced(p.port, secs)) {
-                Ok(loss) => r.add("loss", loss * 100.0),
+                Ok((loss, full)) => {
+                    r.add("loss", loss * 100.0);
+                    r.add("loss_rcvbuf", full * 100.0);
+                }
                 Err(e) => r.error = Some(format!("failed: {e}")),
             }
             match with_rules(p, || request_response(p.port, secs)) {
@@ -488,6 +512,7 @@ pub(super) fn run(rounds: usize, secs: f64) -> String {
             col("r1200_1", "dgram/s 1,200 B ×1", num, true),
             col("r1200_16", "dgram/s 1,200 B ×16", num, true),
             col("loss", "loss @20k/s", pct, false),
+            col("loss_rcvbuf", "of it at a full rcvbuf", pct, false),
             col("rr_p50", "req/resp p50", us, true),
             col("rr_p99", "req/resp p99", us, true),
         ],

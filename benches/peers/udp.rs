@@ -194,15 +194,31 @@ fn rcvbuf_errors() -> u64 {
         .unwrap_or(0)
 }
 
+/// Datagrams the sink's socket dropped (the `drops` column of
+/// /proc/net/udp, per socket): tells the sink's drops from the relay's.
+fn sink_drops() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    let local = format!(":{SINK_PORT:04X}");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // The sink is bound, not connected: remote 00000000:0000.
+            (f.get(1)?.ends_with(&local) && f.get(2)?.ends_with(":0000"))
+                .then(|| f.last()?.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 /// 1,200-byte datagrams at PACED_RATE over 16 flows, sent a millisecond's
 /// share at a time, for `secs`: the share lost, and the share dropped at a
 /// full socket receive buffer (the relay's or the sink's: a receiver that
 /// was not scheduled in time).
-fn paced(port: u16, secs: f64) -> std::io::Result<(f64, f64)> {
+fn paced(port: u16, secs: f64) -> std::io::Result<(f64, f64, f64)> {
     let socks = flows(port, 16, 1200)?;
     let buf = vec![b'x'; 1200];
     let c0 = drained();
-    let e0 = rcvbuf_errors();
+    let (e0, s0) = (rcvbuf_errors(), sink_drops());
     let t = Instant::now();
     let mut sent = 0u64;
     let mut k = 0usize;
@@ -218,8 +234,13 @@ fn paced(port: u16, secs: f64) -> std::io::Result<(f64, f64)> {
     }
     let got = drained() - c0;
     let full = rcvbuf_errors() - e0;
+    let at_sink = sink_drops() - s0;
     let sent = sent.max(1) as f64;
-    Ok((1.0 - got as f64 / sent, full as f64 / sent))
+    Ok((
+        1.0 - got as f64 / sent,
+        full as f64 / sent,
+        at_sink as f64 / sent,
+    ))
 }
 
 /// One flow, 64-byte requests echoed by the sink, one at a time, for
@@ -452,9 +473,10 @@ pub(super) fn run(rounds: usize, secs: f64) -> String {
                 continue;
             }
             match with_rules(p, || paced(p.port, secs)) {
-                Ok((loss, full)) => {
+                Ok((loss, full, at_sink)) => {
                     r.add("loss", loss * 100.0);
                     r.add("loss_rcvbuf", full * 100.0);
+                    r.add("loss_sink", at_sink * 100.0);
                 }
                 Err(e) => r.error = Some(format!("failed: {e}")),
             }
@@ -513,6 +535,7 @@ pub(super) fn run(rounds: usize, secs: f64) -> String {
             col("r1200_16", "dgram/s 1,200 B ×16", num, true),
             col("loss", "loss @20k/s", pct, false),
             col("loss_rcvbuf", "of it at a full rcvbuf", pct, false),
+            col("loss_sink", "of it at the sink", pct, false),
             col("rr_p50", "req/resp p50", us, true),
             col("rr_p99", "req/resp p99", us, true),
         ],

@@ -6,7 +6,8 @@
 //! short smoke run, `LOWPORT_BENCH_SECS=10` to lengthen each figure for a
 //! profiler, `LOWPORT_BENCH_ROUNDS=15` for more rounds than five,
 //! `LOWPORT_BENCH_ONLY=lowport,haproxy` for those rows and direct,
-//! `LOWPORT_BENCH_FIGURES=short,ka` for those figures only).
+//! `LOWPORT_BENCH_FIGURES=short,ka` for those figures only; `udp` is the
+//! figure of the UDP rows, `LOWPORT_BENCH_ONLY=udp` runs them alone).
 //! Everything runs inside a network namespace this
 //! program makes, on its loopback; nothing touches the host's firewall.
 //! Peers missing from the machine are installed with apt-get when possible,
@@ -24,6 +25,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "peers/udp.rs"]
+mod udp;
 
 const BACKEND_PORT: u16 = 9000;
 
@@ -144,6 +148,8 @@ fn ensure_packages() {
     ];
     let missing: Vec<&str> = wanted
         .iter()
+        // The UDP rows alone need no TCP-only relay.
+        .filter(|(cmd, _)| !udp::only() || ["socat", "nginx", "nft"].contains(cmd))
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
         .collect();
@@ -428,6 +434,12 @@ fn write_tmp(name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write tmp");
     p
+}
+
+/// Remove this run's directory of config files (write_tmp).
+fn remove_tmp() {
+    let dir = std::env::temp_dir().join(format!("lowport-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn lowport_bin() -> PathBuf {
@@ -1352,7 +1364,7 @@ const TARGETS: &[Target] = &[
 /// median, and the same ratio taken round by round (each round runs every
 /// row once, side by side), whose spread shows how much of a difference
 /// this machine can resolve.
-fn targets(peers: &[Peer], rows: &[Row], rules: &[RuleRatio]) -> String {
+fn targets(peers: &[Peer], rows: &[Row], list: &[Target], rules: &[RuleRatio]) -> String {
     let mut out = String::from(
         "| figure | target (lowport ÷ best peer) | lowport | best peer | lowport ÷ best peer | same, round by round: middle half (all) | held |\n\
          |---|---:|---:|---:|---:|---:|---|\n",
@@ -1367,7 +1379,7 @@ fn targets(peers: &[Peer], rows: &[Row], rules: &[RuleRatio]) -> String {
     if !measured(lp) {
         return out;
     }
-    for t in TARGETS {
+    for t in list {
         let better = |a: f64, b: f64| if t.higher_is_better { a > b } else { a < b };
         let pick = |vals: &mut dyn Iterator<Item = (usize, f64)>| {
             // Every figure here is a positive quantity; zero or less is a
@@ -1657,6 +1669,50 @@ fn reap(program: &str, args: &[String]) -> ! {
     }
 }
 
+/// Rounds and seconds per figure, from LOWPORT_BENCH_QUICK,
+/// LOWPORT_BENCH_ROUNDS and LOWPORT_BENCH_SECS.
+fn rounds_and_secs() -> (usize, f64) {
+    // Five short rounds rather than three long ones: the median of five is
+    // far steadier on a 2-core VM, for the same total time.
+    let (mut rounds, mut secs) = if quick() { (1, 0.5) } else { (5, 2.0) };
+    // LOWPORT_BENCH_ROUNDS=15: more rounds, for a narrower spread.
+    if let Some(n) = std::env::var("LOWPORT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        rounds = n;
+    }
+    // LOWPORT_BENCH_SECS=10: longer figures, to attach a profiler.
+    if let Some(s) = std::env::var("LOWPORT_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        secs = s;
+    }
+    (rounds, secs)
+}
+
+/// The date, CPUs and kernel, for a report's first line.
+fn machine_line() -> String {
+    // Online CPUs, not this process's share (it is pinned to CPU 0 by now).
+    // SAFETY: sysconf has no memory preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    format!(
+        "{} — {cpus} CPUs ({cpu}), kernel {}",
+        run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).trim(),
+        run("uname", &["-r"]).trim()
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let [_, flag, program, rest @ ..] = &args[..] {
@@ -1682,6 +1738,16 @@ fn main() {
     let _ns = Netns::enter_new("traffic");
     pin_self_to_cpu0();
     start_backend();
+    let (rounds, secs) = rounds_and_secs();
+    if udp::only() {
+        println!("{}", udp::run(rounds, secs));
+        remove_cgroups();
+        remove_tmp();
+        let _ = Command::new(lowport_bin())
+            .args(["rules", "remove"])
+            .output();
+        return;
+    }
     let mut peers = start_peers();
     // LOWPORT_BENCH_ONLY=name,name: only these rows (and direct), for profiling.
     if let Ok(only) = std::env::var("LOWPORT_BENCH_ONLY") {
@@ -1692,24 +1758,6 @@ fn main() {
         }
     }
 
-    // Five short rounds rather than three long ones: the median of five is
-    // far steadier on a 2-core VM, for the same total time.
-    let (mut rounds, mut secs) = if quick() { (1, 0.5) } else { (5, 2.0) };
-    // LOWPORT_BENCH_ROUNDS=15: more rounds, for a narrower spread.
-    if let Some(n) = std::env::var("LOWPORT_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-    {
-        rounds = n;
-    }
-    // LOWPORT_BENCH_SECS=10: longer figures, to attach a profiler.
-    if let Some(s) = std::env::var("LOWPORT_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-    {
-        secs = s;
-    }
     // Correctness first, once per row: what each relay does with a
     // half-close and with a reset.
     let mut checks = String::from(
@@ -1973,7 +2021,12 @@ fn main() {
             let _ = c.wait();
         }
     }
+    // The UDP rows, after the TCP relays have gone (their own report).
+    if figure("udp") && std::env::var_os("LOWPORT_BENCH_ONLY").is_none() {
+        udp::run(rounds, secs);
+    }
     remove_cgroups();
+    remove_tmp();
     let _ = Command::new(lowport_bin())
         .args(["rules", "remove"])
         .output();
@@ -1990,7 +2043,7 @@ fn main() {
             Vec::new(),
         )
     };
-    let targets = targets(&peers, &rows, &rule_ratios);
+    let targets = targets(&peers, &rows, TARGETS, &rule_ratios);
 
     let kernel = run("uname", &["-r"]);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -920,23 +920,10 @@ fn check_conflicts(existing: &[Mapping], m: &Mapping) -> Result<(), String> {
         let proto_overlap = (m.protocol.has_tcp() && other.protocol.has_tcp())
             || (m.protocol.has_udp() && other.protocol.has_udp());
         if proto_overlap && listens_overlap(&m.listen, &other.listen) {
-            return Err(format!(
-                "{}: listen {} ({}) overlaps {} (listen {}, {}); each address, port and protocol \
-                 can be mapped only once",
-                mapping_label(m.index, m.name.as_deref()),
-                m.listen,
-                m.protocol,
-                mapping_label(other.index, other.name.as_deref()),
-                other.listen,
-                other.protocol
-            ));
+            return Err(overlap_message(m, other));
         }
         if m.name.is_some() && m.name == other.name {
-            return Err(format!(
-                "{}: the name is already used by mapping #{}; names must be unique",
-                mapping_label(m.index, m.name.as_deref()),
-                other.index + 1
-            ));
+            return Err(name_message(m, other));
         }
     }
     Ok(())

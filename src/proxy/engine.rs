@@ -476,24 +476,37 @@ impl Engine {
         sock: std::net::TcpListener,
     ) -> io::Result<()> {
         sock.set_nonblocking(true)?;
-        let generation = self.generation();
-        let entry = self.entries.vacant_entry();
-        epoll::add(
-            &self.epoll,
-            &sock,
-            data(entry.key(), generation, 0),
-            EventFlags::IN | EventFlags::ET,
-        )?;
-        let k = entry.key();
-        entry.insert(Entry::Listener(Listener {
-            sock: sock.into(),
-            generation,
-            key,
-            mapping,
-        }));
+        let k = self.add_listening(sock, |sock, generation| {
+            Entry::Listener(Listener {
+                sock: sock.into(),
+                generation,
+                key,
+                mapping,
+            })
+        })?;
         // Connections may already wait in its backlog.
         self.accept(k);
         Ok(())
+    }
+
+    /// Register a listening socket (TCP or UDP) for reading under a new
+    /// generation, and store the entry `make` builds from it; its key.
+    fn add_listening<S: AsFd>(
+        &mut self,
+        sock: S,
+        make: impl FnOnce(S, u32) -> Entry,
+    ) -> io::Result<usize> {
+        let generation = self.generation();
+        let entry = self.entries.vacant_entry();
+        let key = entry.key();
+        epoll::add(
+            &self.epoll,
+            &sock,
+            data(key, generation, 0),
+            EventFlags::IN | EventFlags::ET,
+        )?;
+        entry.insert(make(sock, generation));
+        Ok(key)
     }
 
     fn generation(&mut self) -> u32 {

@@ -635,6 +635,21 @@ pub fn round_trip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Is tool `cmd` installed? Outside CI a missing tool skips `test` with a
+/// printed reason; under `CI=true` (which installs it) it fails the test.
+pub fn have_tool(cmd: &str, test: &str) -> bool {
+    if have(cmd) {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "{test}: {cmd} missing under CI (scripts/setup-debian --test installs it)"
+    );
+    eprintln!("SKIPPED {test}: {cmd} missing");
+    false
+}
+
 /// Does `lowport` accept this command (used to skip tests cleanly when a
 /// tool is missing outside CI)?
 pub fn have(cmd: &str) -> bool {

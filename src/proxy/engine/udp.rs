@@ -308,24 +308,18 @@ impl Engine {
         let local = sock.local_addr()?;
         let state = UdpSocketState::new((&sock).into())?;
         relay_options(&sock, local.is_ipv6());
-        let generation = self.generation();
-        let entry = self.entries.vacant_entry();
-        epoll::add(
-            &self.epoll,
-            &sock,
-            data(entry.key(), generation, 0),
-            EventFlags::IN | EventFlags::ET,
-        )?;
-        let k = entry.key();
-        entry.insert(Entry::UdpListener(Box::new(UdpListener {
-            sock,
-            state,
-            generation,
-            key,
-            mapping,
-            wildcard: local.ip().is_unspecified(),
-            flows: HashMap::new(),
-        })));
+        let wildcard = local.ip().is_unspecified();
+        let k = self.add_listening(sock, |sock, generation| {
+            Entry::UdpListener(Box::new(UdpListener {
+                sock,
+                state,
+                generation,
+                key,
+                mapping,
+                wildcard,
+                flows: HashMap::new(),
+            }))
+        })?;
         // Datagrams may already wait.
         self.udp_listener_ready(k);
         Ok(())

@@ -97,7 +97,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 fn proxy(global: &GlobalArgs) -> Result<(), Failure> {
     let source = global.source();
     let config = load(&source)?;
-    let reload: crate::proxy::Reload = Box::new(move || load(&source).map_err(|e| e.to_string()));
+    let reload: crate::proxy::Reload =
+        Box::new(move || load(&source).map_err(|e| crate::error_chain(&e)));
     crate::proxy::main(config, reload).map_err(|e| match e.exit_code() {
         2 => Failure::Usage(Box::new(e)),
         _ => Failure::Runtime(Box::new(e)),
@@ -237,9 +238,9 @@ fn watch(
         .map(BackendChoice::from)
         .unwrap_or(config.rules.backend);
     let reload: firewall::watch::Reload = Box::new(move || {
-        let config = config::load(&source).map_err(|e| e.to_string())?;
-        let plan =
-            plan::plan(&config.mappings, &firewall::SystemHost).map_err(|e| e.to_string())?;
+        let config = config::load(&source).map_err(|e| crate::error_chain(&e))?;
+        let plan = plan::plan(&config.mappings, &firewall::SystemHost)
+            .map_err(|e| crate::error_chain(&e))?;
         Ok((config, plan))
     });
     let opts = firewall::watch::WatchOptions {

@@ -56,21 +56,16 @@ fn init_tracing(verbose: u8, quiet: bool) {
 /// has its line breaks and other control characters escaped, so nothing
 /// a user wrote can start a line of its own.
 ///
-/// A cause the line above already quotes word for word (an error that puts
+/// A cause a line above already quotes word for word (an error that puts
 /// its source in its own message, as `cannot read FILE: {source}` does)
-/// is not printed again.
+/// is not printed again ([`lowport::error_messages`]).
 fn report(failure: &Failure) {
-    let err = failure.error();
-    let mut shown = err.to_string();
-    eprintln!("lowport: error: {}", one_line(&shown));
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !shown.contains(&text) {
-            eprintln!("  caused by: {}", one_line(&text));
-        }
-        shown = text;
-        source = cause.source();
+    let mut messages = lowport::error_messages(failure.error()).into_iter();
+    if let Some(first) = messages.next() {
+        eprintln!("lowport: error: {}", one_line(&first));
+    }
+    for cause in messages {
+        eprintln!("  caused by: {}", one_line(&cause));
     }
 }
 

@@ -183,7 +183,7 @@ pub fn apply_in(
     let before = match backend.list() {
         Ok(rules) => rules,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the current rules; replacing them anyway");
+            tracing::warn!(error = %crate::error_chain(&e), "cannot read the current rules; replacing them anyway");
             None
         }
     };
@@ -270,7 +270,7 @@ pub fn remove_in(
     let mut ledger = ledger::Ledger::lock(state)?;
     let repaired = ledger.interrupted();
     let before = backend.list().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot read the current rules; removing them anyway");
+        tracing::warn!(error = %crate::error_chain(&e), "cannot read the current rules; removing them anyway");
         None
     });
     ledger.begin(ledger::Op::Remove)?;

@@ -331,7 +331,7 @@ impl Watcher {
                 );
             }
             Err(e) => {
-                tracing::error!(error = %error_chain(&e), "cannot put lowport's rules back; trying again later");
+                tracing::error!(error = %crate::error_chain(&e), "cannot put lowport's rules back; trying again later");
                 if guard_missing {
                     self.lower_route_localnet();
                 }
@@ -403,7 +403,7 @@ impl Watcher {
                         self.plan = plan;
                     }
                     Err(e) => tracing::error!(
-                        error = %error_chain(&e),
+                        error = %crate::error_chain(&e),
                         "SIGHUP: the new rules were not applied; the running rules stay"
                     ),
                 }
@@ -431,17 +431,6 @@ impl Watcher {
         tracing::info!("rules removed");
         Ok(())
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Re-applies over time, to tell a fight from an accident.

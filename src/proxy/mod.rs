@@ -595,7 +595,7 @@ fn apply_reload(
                 Err(e) => {
                     error!(
                         "SIGHUP: {}; restart lowport to serve it",
-                        error_chain(&bind_error(m, l4, e))
+                        crate::error_chain(&bind_error(m, l4, e))
                     );
                     failed.push(shown);
                 }
@@ -618,18 +618,6 @@ fn apply_reload(
         added.join(", "),
         failed.join(", ")
     );
-}
-
-/// "error: cause: cause" on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Resource exhaustion: retrying at once would only spin.

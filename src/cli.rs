@@ -1,5 +1,6 @@
-//! The command line, as clap derive types. The spellings here are the
-//! contract in DESIGN.md: add, don't rename.
+//! The command line, as clap derive types. The spellings here are a
+//! contract with scripts and units (README.md, the man page): add, don't
+//! rename.
 
 use std::path::PathBuf;
 

@@ -1,6 +1,11 @@
 //! lowport: reach an unprivileged server on privileged ports, through kernel
 //! NAT rules (nftables or iptables) or a zero-copy splice proxy, from one
 //! YAML description.
+//!
+//! The modules, how a mapping travels from the YAML file to kernel rules or
+//! a relayed connection, the relay's invariants and the kernel traps the
+//! rule planner handles: `ARCHITECTURE.md` at the repository's root. The
+//! user's view: `README.md`.
 
 pub mod check;
 pub mod cli;

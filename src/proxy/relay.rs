@@ -6,7 +6,8 @@
 //! had. Each direction picks its path by what its last read brought. This
 //! module holds the crate's main `unsafe`.
 //!
-//! The rules it keeps (DESIGN.md, "Proxy mode: the pitfalls"):
+//! The rules it keeps (summarised in ARCHITECTURE.md, "A relayed
+//! connection"):
 //! - Sockets are registered edge-triggered, so a socket's readiness flag is
 //!   cleared only when *that socket* caused the EAGAIN. Splicing socket →
 //!   pipe happens only into an *empty* pipe, so an EAGAIN there is the

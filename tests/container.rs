@@ -44,11 +44,12 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Can this machine boot a container? Outside CI a missing tool skips the
-/// test with the reason; under CI=true it fails with it.
-fn require_container(test: &str) -> bool {
+/// Can this machine boot a container? Then the host's release codename.
+/// Outside CI a missing tool skips the test with the reason (None); under
+/// CI=true it fails with it.
+fn require_container(test: &str) -> Option<String> {
     if !common::require_root(test) {
-        return false;
+        return None;
     }
     let missing: Vec<&str> = [
         ("mmdebstrap", "--version"),
@@ -60,22 +61,22 @@ fn require_container(test: &str) -> bool {
     .map(|(cmd, _)| cmd)
     .chain((!cargo(&["deb", "--version"]).is_ok_and(|o| o.status.success())).then_some("cargo-deb"))
     .collect();
-    let reason = if !missing.is_empty() {
-        Some(format!(
+    let release = if !missing.is_empty() {
+        Err(format!(
             "missing {} (scripts/setup-debian --test installs them)",
             missing.join(", ")
         ))
     } else {
-        host_mirror().err()
+        host_mirror().map(|(release, _)| release)
     };
-    match reason {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
+    match release {
+        Ok(release) => Some(release),
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
             panic!("{test}: cannot boot a container under CI=true: {why}")
         }
-        Some(why) => {
+        Err(why) => {
             eprintln!("SKIPPED {test}: {why}");
-            false
+            None
         }
     }
 }
@@ -590,10 +591,9 @@ fn assert_clean_journal(c: &Container, unit: &str) {
 
 #[test]
 fn proxy_unit_and_socket_activation_under_systemd() {
-    if !require_container("proxy_unit_and_socket_activation_under_systemd") {
+    let Some(release) = require_container("proxy_unit_and_socket_activation_under_systemd") else {
         return;
-    }
-    let (release, _) = host_mirror().expect("mirror");
+    };
     let c = Container::boot(&release);
     c.install_package();
     c.start_backend("[::]:8080");
@@ -667,6 +667,21 @@ fn table_present(c: &Container) -> bool {
     c.run("nft list table inet lowport").status.success()
 }
 
+/// The sysctl the loopback example turns on: back to 0 whenever the rules go.
+const LOCALNET: &str = "net.ipv4.conf.all.route_localnet";
+
+/// Stop `unit`: lowport's nftables table and route_localnet go with it.
+fn stop_removes_rules(c: &Container, unit: &str) {
+    c.ok(&format!("systemctl stop {unit}"));
+    assert!(
+        !table_present(c),
+        "the table outlived the stop of {unit}:\n{}",
+        c.ok(&format!("journalctl -b --no-pager -u {unit} -u nftables"))
+    );
+    assert_eq!(c.sysctl(LOCALNET), "0", "route_localnet on after the stop");
+    assert_eq!(c.prop(unit, "Result"), "success");
+}
+
 /// Apply at boot, survive the firewall's restart and reload, remove on
 /// stop; under nftables and under iptables-legacy; then purge.
 fn rules_unit_lifecycle(release: &str) {
@@ -681,13 +696,12 @@ fn rules_unit_lifecycle(release: &str) {
          'ExecStart=/opt/lp-test/backend 127.0.0.1:8080' '[Install]' WantedBy=multi-user.target \
          > /etc/systemd/system/lp-test-backend.service && systemctl enable lp-test-backend.service",
     );
-    let localnet = "net.ipv4.conf.all.route_localnet";
-    assert_eq!(c.sysctl(localnet), "0");
+    assert_eq!(c.sysctl(LOCALNET), "0");
     c.reboot();
 
     assert_eq!(c.prop("lowport-rules.service", "ActiveState"), "active");
     assert!(table_present(&c), "no lowport table after boot");
-    assert_eq!(c.sysctl(localnet), "1");
+    assert_eq!(c.sysctl(LOCALNET), "1");
     c.wait_served("127.0.0.1:80");
     eprintln!("{release}: {}", c.exposure("lowport-rules.service"));
 
@@ -711,18 +725,7 @@ fn rules_unit_lifecycle(release: &str) {
         assert_eq!(c.prop("lowport-rules.service", "ActiveState"), "active");
         c.wait_served("127.0.0.1:80");
     }
-    c.ok("systemctl stop lowport-rules.service");
-    assert!(
-        !table_present(&c),
-        "the table outlived the unit's stop:\n{}",
-        c.ok("journalctl -b --no-pager -u lowport-rules.service -u nftables.service")
-    );
-    assert_eq!(
-        c.sysctl(localnet),
-        "0",
-        "route_localnet not restored on stop"
-    );
-    assert_eq!(c.prop("lowport-rules.service", "Result"), "success");
+    stop_removes_rules(&c, "lowport-rules.service");
 
     // iptables-legacy: the same unit, the other backend.
     c.ok("update-alternatives --quiet --set iptables /usr/sbin/iptables-legacy");
@@ -733,7 +736,7 @@ fn rules_unit_lifecycle(release: &str) {
         c.ok("iptables-legacy-save -t nat").contains("lowport"),
         "no lowport chains in iptables-legacy"
     );
-    assert_eq!(c.sysctl(localnet), "1");
+    assert_eq!(c.sysctl(LOCALNET), "1");
     c.wait_served("127.0.0.1:80");
     c.ok("systemctl restart nftables.service");
     c.wait_jobs_done();
@@ -743,7 +746,7 @@ fn rules_unit_lifecycle(release: &str) {
         !c.ok("iptables-legacy-save -t nat").contains("lowport"),
         "lowport chains outlived the unit's stop"
     );
-    assert_eq!(c.sysctl(localnet), "0");
+    assert_eq!(c.sysctl(LOCALNET), "0");
     assert_eq!(c.prop("lowport-rules.service", "Result"), "success");
     assert_clean_journal(&c, "lowport-rules.service");
 
@@ -752,19 +755,15 @@ fn rules_unit_lifecycle(release: &str) {
     c.ok("lowport rules apply --backend nftables");
     c.ok("systemctl start lowport-rules.service");
     assert!(table_present(&c));
-    assert_eq!(c.sysctl(localnet), "1");
+    assert_eq!(c.sysctl(LOCALNET), "1");
     c.ok("apt-get purge -y -q lowport");
     assert!(!c.ok("iptables-legacy-save -t nat").contains("lowport"));
     assert!(!table_present(&c));
-    assert_eq!(
-        c.sysctl(localnet),
-        "0",
-        "route_localnet changed after purge"
-    );
+    assert_eq!(c.sysctl(LOCALNET), "0", "route_localnet changed by purge");
     c.reboot();
     assert!(!table_present(&c));
     assert!(!c.ok("iptables-legacy-save -t nat").contains("lowport"));
-    assert_eq!(c.sysctl(localnet), "0");
+    assert_eq!(c.sysctl(LOCALNET), "0");
     let left = c.ok(
         "find / -xdev \\( -path /proc -o -path /sys -o -path /var/log/journal \\) -prune \
          -o -name '*lowport*' -print",
@@ -774,10 +773,10 @@ fn rules_unit_lifecycle(release: &str) {
 
 #[test]
 fn rules_unit_at_boot_through_firewall_restarts_and_purge() {
-    if !require_container("rules_unit_at_boot_through_firewall_restarts_and_purge") {
+    let Some(release) = require_container("rules_unit_at_boot_through_firewall_restarts_and_purge")
+    else {
         return;
-    }
-    let (release, _) = host_mirror().expect("mirror");
+    };
     rules_unit_lifecycle(&release);
 }
 
@@ -787,16 +786,14 @@ fn rules_unit_at_boot_through_firewall_restarts_and_purge() {
 /// removes the rules and restores route_localnet.
 #[test]
 fn watch_unit_keeps_the_rules_through_a_flush() {
-    if !require_container("watch_unit_keeps_the_rules_through_a_flush") {
+    let Some(release) = require_container("watch_unit_keeps_the_rules_through_a_flush") else {
         return;
-    }
-    let (release, _) = host_mirror().expect("mirror");
+    };
     let c = Container::boot(&release);
     c.install_package();
     c.ok("cp /usr/share/doc/lowport/examples/04-loopback-backend.yaml /etc/lowport/lowport.yaml");
     c.start_backend("127.0.0.1:8080");
-    let localnet = "net.ipv4.conf.all.route_localnet";
-    assert_eq!(c.sysctl(localnet), "0");
+    assert_eq!(c.sysctl(LOCALNET), "0");
     // Type=notify: start returns once the watch said READY=1.
     c.ok("systemctl start lowport-rules-watch.service");
     assert_eq!(
@@ -807,7 +804,7 @@ fn watch_unit_keeps_the_rules_through_a_flush() {
         table_present(&c),
         "no lowport table once the watch is ready"
     );
-    assert_eq!(c.sysctl(localnet), "1");
+    assert_eq!(c.sysctl(LOCALNET), "1");
     c.wait_served("127.0.0.1:80");
     eprintln!("{release}: {}", c.exposure("lowport-rules-watch.service"));
 
@@ -825,20 +822,13 @@ fn watch_unit_keeps_the_rules_through_a_flush() {
     );
     c.wait_served("127.0.0.1:80");
 
-    c.ok("systemctl stop lowport-rules-watch.service");
-    assert!(!table_present(&c), "the table outlived the watch's stop");
-    assert_eq!(
-        c.sysctl(localnet),
-        "0",
-        "route_localnet not restored on stop"
-    );
-    assert_eq!(c.prop("lowport-rules-watch.service", "Result"), "success");
+    stop_removes_rules(&c, "lowport-rules-watch.service");
     assert_clean_journal(&c, "lowport-rules-watch.service");
 }
 
 #[test]
 fn rules_unit_on_debian_13() {
-    if !require_container("rules_unit_on_debian_13") {
+    if require_container("rules_unit_on_debian_13").is_none() {
         return;
     }
     rules_unit_lifecycle(OTHER_RELEASE);
@@ -873,7 +863,7 @@ fn test_binary(name: &str) -> PathBuf {
 /// find lowport, the examples and the golden listings where they were built.
 #[test]
 fn root_tests_pass_on_debian_13() {
-    if !require_container("root_tests_pass_on_debian_13") {
+    if require_container("root_tests_pass_on_debian_13").is_none() {
         return;
     }
     let manifest = env!("CARGO_MANIFEST_DIR");

@@ -117,6 +117,12 @@ Re\-read the configuration and apply it; an invalid file or a rule set the kerne
 .B LOWPORT_CONFIG
 The configuration file, when \fB\-c\fR is not given. Refused, as is \fB\-m\fR, when lowport gained privilege from its file (a file capability such as cap_net_bind_service=+ep, or set\-user\-ID): then it reads only a configuration file owned by root and writable by no one else, in directories owned by root and writable by no one else (not /tmp), and exits 2 otherwise.
 .TP
+.B LOWPORT_STATE_DIR
+The state directory of \fBrules\fR, instead of /run/lowport (FILES). Refused, as \fBLOWPORT_CONFIG\fR is, when lowport gained privilege from its file.
+.TP
+.B LOWPORT_IPTABLES
+nft or legacy: the iptables flavour the iptables backend uses. Unset: the flavour that holds lowport's chains, else legacy when legacy NAT rules are in use, else the host's default (\fBiptables \-\-version\fR).
+.TP
 .B RUST_LOG
 A log filter (e.g. debug) that overrides \fB\-v\fR and \fB\-q\fR.
 .SH FILES
@@ -126,6 +132,9 @@ The default configuration file.
 .TP
 lowport\-rules\-watch.service, lowport\-rules.service, lowport\-proxy.service, lowport\-proxy.socket
 systemd units (dist/systemd; the Debian package installs them, disabled, in /usr/lib/systemd/system): \fBrules watch\fR (Type=notify), which keeps the rules in force through firewall reloads; rules applied once at boot and again after an nftables.service reload; the proxy with only CAP_NET_BIND_SERVICE, or socket\-activated with none.
+.TP
+/run/lowport/
+What \fBrules apply\fR changed (each sysctl's value before it, per network namespace), so \fBrules remove\fR restores it even after a firewall flush; and the lock that lets one apply or remove run at a time. It must be owned by root and writable by no one else.
 .TP
 /usr/share/doc/lowport/examples/
 Documented configurations for the common cases (the Debian package).

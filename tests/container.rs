@@ -497,8 +497,7 @@ impl Container {
         self.ok(&format!("cat /proc/sys/{}", name.replace('.', "/")))
     }
 
-    /// `systemd-analyze security` overall exposure of `unit`, printed for the
-    /// report.
+    /// `systemd-analyze security`'s overall exposure of `unit`, printed.
     fn exposure(&self, unit: &str) -> String {
         let out = self.ok(&format!("systemd-analyze security --no-pager {unit}"));
         let line = out
@@ -879,11 +878,16 @@ fn root_tests_pass_on_debian_13() {
     .collect();
     let c = Container::boot_with(OTHER_RELEASE, &[format!("--bind-ro={manifest}")]);
     let mut failed = String::new();
+    // Files of the user who ran sudo are trusted (SUDO_UID), as on the host.
+    let sudo = std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|u| u.parse::<u32>().ok());
+    let sudo = sudo.map(|u| format!("SUDO_UID={u} ")).unwrap_or_default();
     // One test at a time: the tests call iptables-legacy without -w, which
     // fails instead of waiting while another test holds the xtables lock.
     for bin in &binaries {
         let out = c.run(&format!(
-            "cd / && CI=true {} --test-threads=1 2>&1",
+            "cd / && CI=true {sudo}{} --test-threads=1 2>&1",
             bin.display()
         ));
         let text = String::from_utf8_lossy(&out.stdout);

@@ -1043,58 +1043,7 @@ fn translated_port(m: &Mapping) -> Option<u16> {
 }
 
 fn check_input_filters(f: &mut Findings, config: &Config, ruleset: Option<&Value>, needed: bool) {
-    let mut blocked_any = false;
-    if let Some(v) = ruleset {
-        let rs = NftRules::new(v);
-        for chain in rs
-            .chains
-            .iter()
-            .filter(|c| s(c, "hook") == "input" && s(c, "type") == "filter")
-        {
-            let (family, table, name) = (s(chain, "family"), s(chain, "table"), s(chain, "name"));
-            let policy_drop = s(chain, "policy") == "drop";
-            for m in &config.mappings {
-                let Some(dport) = translated_port(m) else {
-                    continue;
-                };
-                for l4 in m.protocol.l4s() {
-                    for family_v4 in [true, false] {
-                        let sees = match family {
-                            "ip" => family_v4,
-                            "ip6" => !family_v4,
-                            "inet" => true,
-                            _ => false,
-                        };
-                        if !sees {
-                            continue;
-                        }
-                        let p = Packet {
-                            l4,
-                            dport,
-                            orig_dport: m.listen.port.get(),
-                        };
-                        let verdict = nft_chain_verdict(&rs, (family, table), name, &p, 0);
-                        let blocked = verdict == Some(false) || (verdict.is_none() && policy_drop);
-                        if blocked {
-                            blocked_any = true;
-                            let listen = m.listen.port.get();
-                            f.need(
-                                needed,
-                                "input",
-                                format!(
-                                    "{}: chain {family} {table} {name} (hook input{}) drops {l4} to port {dport}: the input firewall sees the translated port {dport}, not {listen}",
-                                    m.label(),
-                                    if policy_drop { ", policy drop" } else { "" },
-                                ),
-                                format!("sudo nft insert rule {family} {table} {name} meta l4proto {l4} ct original proto-dst {listen} accept"),
-                            );
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let mut blocked_any = ruleset.is_some_and(|v| nft_input_blocks(f, config, v, needed));
     blocked_any |= check_legacy_input(f, config, needed);
     if !blocked_any {
         f.ok(
@@ -1109,6 +1058,62 @@ fn check_input_filters(f: &mut Findings, config: &Config, ruleset: Option<&Value
             Some("install nftables, run as root".into()),
         );
     }
+}
+
+/// The nftables input filter chains of `v` (`nft -j list ruleset`): one
+/// finding per mapping whose translated port a chain drops; true if any.
+fn nft_input_blocks(f: &mut Findings, config: &Config, v: &Value, needed: bool) -> bool {
+    let mut blocked_any = false;
+    let rs = NftRules::new(v);
+    for chain in rs
+        .chains
+        .iter()
+        .filter(|c| s(c, "hook") == "input" && s(c, "type") == "filter")
+    {
+        let (family, table, name) = (s(chain, "family"), s(chain, "table"), s(chain, "name"));
+        let policy_drop = s(chain, "policy") == "drop";
+        for m in &config.mappings {
+            let Some(dport) = translated_port(m) else {
+                continue;
+            };
+            for l4 in m.protocol.l4s() {
+                for family_v4 in [true, false] {
+                    let sees = match family {
+                        "ip" => family_v4,
+                        "ip6" => !family_v4,
+                        "inet" => true,
+                        _ => false,
+                    };
+                    if !sees {
+                        continue;
+                    }
+                    let p = Packet {
+                        l4,
+                        dport,
+                        orig_dport: m.listen.port.get(),
+                    };
+                    let verdict = nft_chain_verdict(&rs, (family, table), name, &p, 0);
+                    let blocked = verdict == Some(false) || (verdict.is_none() && policy_drop);
+                    if blocked {
+                        blocked_any = true;
+                        let listen = m.listen.port.get();
+                        f.need(
+                            needed,
+                            "input",
+                            format!(
+                                "{}: chain {family} {table} {name} (hook input{}) drops {l4} to port {dport}: the input firewall sees the translated port {dport}, not {listen}",
+                                m.label(),
+                                if policy_drop { ", policy drop" } else { "" },
+                            ),
+                            format!("sudo nft insert rule {family} {table} {name} meta l4proto {l4} ct original proto-dst {listen} accept"),
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    blocked_any
 }
 
 /// Legacy iptables INPUT with a DROP policy: is the translated port accepted?
@@ -1174,54 +1179,7 @@ fn check_nat_conflicts(
     ruleset: Option<&Value>,
     lowport_prio: i64,
 ) {
-    let mut any = false;
-    if let Some(v) = ruleset {
-        let rs = NftRules::new(v);
-        for chain in rs
-            .chains
-            .iter()
-            .filter(|c| s(c, "type") == "nat" && matches!(s(c, "hook"), "prerouting" | "output"))
-        {
-            let (family, table, name) = (s(chain, "family"), s(chain, "table"), s(chain, "name"));
-            if family == "inet" && table == firewall::TABLE {
-                continue;
-            }
-            let prio = chain.get("prio").and_then(Value::as_i64).unwrap_or(0);
-            for m in &config.mappings {
-                for l4 in m.protocol.l4s() {
-                    let p = Packet {
-                        l4,
-                        dport: m.listen.port.get(),
-                        orig_dport: m.listen.port.get(),
-                    };
-                    let Some(handle) = nft_claims(&rs, (family, table), name, &p, 0) else {
-                        continue;
-                    };
-                    any = true;
-                    let what = format!("{}: table {family} {table} chain {name} (priority {prio}) also translates {l4} port {}", m.label(), m.listen.port);
-                    // iptables puts lowport's jump first in the same `nat`
-                    // chain; otherwise an equal priority is an undefined order.
-                    let same_chain = lowport_prio == IPTABLES_NAT_PRIORITY
-                        && matches!(family, "ip" | "ip6")
-                        && table == "nat";
-                    if !same_chain && prio <= lowport_prio {
-                        f.push(
-                            Status::Problem,
-                            "nat",
-                            format!("{what}, and it runs before lowport's rules (priority {lowport_prio}), so it wins"),
-                            Some(format!("remove that rule (sudo nft delete rule {family} {table} {handle}) or map a different port")),
-                        );
-                    } else {
-                        f.warn(
-                            "nat",
-                            format!("{what}; lowport's rules (priority {lowport_prio}) run first, so that mapping never sees these connections"),
-                            None,
-                        );
-                    }
-                }
-            }
-        }
-    }
+    let mut any = ruleset.is_some_and(|v| nft_nat_conflicts(f, config, v, lowport_prio));
     // Legacy iptables nat runs at -100 in its own kernel tables.
     for family in [plan::Family::V4, plan::Family::V6] {
         if !iptables::legacy_table_loaded(family, "nat") {
@@ -1255,6 +1213,59 @@ fn check_nat_conflicts(
     if !any {
         f.ok("nat", "no other NAT table claims the listen ports".into());
     }
+}
+
+/// The nftables nat chains of `v` (`nft -j list ruleset`) other than
+/// lowport's own: one finding per mapping whose listen port a chain also
+/// translates, a problem when it runs first; true if any.
+fn nft_nat_conflicts(f: &mut Findings, config: &Config, v: &Value, lowport_prio: i64) -> bool {
+    let mut any = false;
+    let rs = NftRules::new(v);
+    for chain in rs
+        .chains
+        .iter()
+        .filter(|c| s(c, "type") == "nat" && matches!(s(c, "hook"), "prerouting" | "output"))
+    {
+        let (family, table, name) = (s(chain, "family"), s(chain, "table"), s(chain, "name"));
+        if family == "inet" && table == firewall::TABLE {
+            continue;
+        }
+        let prio = chain.get("prio").and_then(Value::as_i64).unwrap_or(0);
+        for m in &config.mappings {
+            for l4 in m.protocol.l4s() {
+                let p = Packet {
+                    l4,
+                    dport: m.listen.port.get(),
+                    orig_dport: m.listen.port.get(),
+                };
+                let Some(handle) = nft_claims(&rs, (family, table), name, &p, 0) else {
+                    continue;
+                };
+                any = true;
+                let what = format!("{}: table {family} {table} chain {name} (priority {prio}) also translates {l4} port {}", m.label(), m.listen.port);
+                // iptables puts lowport's jump first in the same `nat`
+                // chain; otherwise an equal priority is an undefined order.
+                let same_chain = lowport_prio == IPTABLES_NAT_PRIORITY
+                    && matches!(family, "ip" | "ip6")
+                    && table == "nat";
+                if !same_chain && prio <= lowport_prio {
+                    f.push(
+                        Status::Problem,
+                        "nat",
+                        format!("{what}, and it runs before lowport's rules (priority {lowport_prio}), so it wins"),
+                        Some(format!("remove that rule (sudo nft delete rule {family} {table} {handle}) or map a different port")),
+                    );
+                } else {
+                    f.warn(
+                        "nat",
+                        format!("{what}; lowport's rules (priority {lowport_prio}) run first, so that mapping never sees these connections"),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+    any
 }
 
 /// Does this nat chain (or a chain it jumps to) translate the packet's

@@ -2139,4 +2139,306 @@ mod tests {
         // Nothing to read: nothing found.
         assert!(input_findings(&["80:8080"], &json!({}), true).is_empty());
     }
+
+    /// The NAT findings for mappings `specs` under ruleset `nft`, with
+    /// lowport's chains at `lowport_prio`.
+    fn nat_findings(specs: &[&str], nft: &Value, lowport_prio: i64) -> Vec<Finding> {
+        let mut f = Findings(Vec::new());
+        let any = nft_nat_conflicts(&mut f, &config(specs), nft, lowport_prio);
+        assert_eq!(any, !f.0.is_empty(), "the result says whether it found any");
+        f.0
+    }
+
+    fn dnat(port: u16) -> Value {
+        json!({"dnat": {"addr": "10.0.0.1", "port": port}})
+    }
+
+    /// A `prerouting` nat chain `(family, table) svc` at `prio` with `rules`,
+    /// plus the regular chains `extra`.
+    fn nat(
+        table: (&str, &str),
+        prio: i64,
+        rules: Vec<Vec<Value>>,
+        extra: Vec<(&str, Vec<Vec<Value>>)>,
+    ) -> Value {
+        let mut nft = Nft::default().base(table, "svc", ("nat", "prerouting", prio, "accept"));
+        for r in rules {
+            nft = nft.rule(table, "svc", r);
+        }
+        for (name, rules) in extra {
+            nft = nft.chain(table, name);
+            for r in rules {
+                nft = nft.rule(table, name, r);
+            }
+        }
+        nft.json()
+    }
+
+    const EARLY: (&str, &str) = ("ip", "early");
+    /// lowport's nftables priority, and iptables' (its chains sit in the
+    /// `nat` tables' own chains).
+    const NFT_PRIO: i64 = -105;
+    const IPT_PRIO: i64 = -100;
+
+    #[test]
+    fn nat_chain_that_runs_first_wins() {
+        let rule = || vec![dport("tcp", json!(80)), dnat(8080)];
+        let f = nat_findings(
+            &["80:8080"],
+            &nat(EARLY, -110, vec![rule()], vec![]),
+            NFT_PRIO,
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].status, f[0].topic), (Status::Problem, "nat"));
+        assert_eq!(
+            f[0].message,
+            "#1: table ip early chain svc (priority -110) also translates tcp port 80, and it runs before lowport's rules (priority -105), so it wins"
+        );
+        // The handle is the rule's own (the chain's is 1).
+        assert_eq!(
+            f[0].fix.as_deref(),
+            Some("remove that rule (sudo nft delete rule ip early svc handle 2) or map a different port")
+        );
+        // An equal priority is an undefined order: a problem too.
+        let f = nat_findings(
+            &["80:8080"],
+            &nat(EARLY, -105, vec![rule()], vec![]),
+            NFT_PRIO,
+        );
+        assert_eq!(f[0].status, Status::Problem, "{f:?}");
+        let f = nat_findings(
+            &["80:8080"],
+            &nat(EARLY, -100, vec![rule()], vec![]),
+            NFT_PRIO,
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].status, f[0].fix.as_ref()), (Status::Warning, None));
+        assert_eq!(
+            f[0].message,
+            "#1: table ip early chain svc (priority -100) also translates tcp port 80; lowport's rules (priority -105) run first, so that mapping never sees these connections"
+        );
+    }
+
+    #[test]
+    fn nat_iptables_puts_its_jump_first_in_the_nat_table() {
+        let rule = || vec![vec![dport("tcp", json!(80)), dnat(8080)]];
+        let status = |table, prio, lowport| {
+            let f = nat_findings(&["80:8080"], &nat(table, prio, rule(), vec![]), lowport);
+            assert_eq!(f.len(), 1, "{f:?}");
+            f[0].status
+        };
+        // iptables-nft's own `nat` tables hold lowport's jump, first.
+        assert_eq!(status(("ip", "nat"), -100, IPT_PRIO), Status::Warning);
+        assert_eq!(status(("ip6", "nat"), -100, IPT_PRIO), Status::Warning);
+        assert_eq!(status(("ip", "nat"), -110, IPT_PRIO), Status::Warning);
+        // Any other table at that priority is an undefined order.
+        assert_eq!(status(("inet", "nat"), -100, IPT_PRIO), Status::Problem);
+        assert_eq!(status(("ip", "other"), -100, IPT_PRIO), Status::Problem);
+        // With nftables, an `ip nat` table is just another table.
+        assert_eq!(status(("ip", "nat"), -105, NFT_PRIO), Status::Problem);
+        assert_eq!(status(("ip", "nat"), -104, NFT_PRIO), Status::Warning);
+    }
+
+    #[test]
+    fn nat_chains_and_rules_that_claim_the_port() {
+        let claims = |spec: &str, nft: &Value| !nat_findings(&[spec], nft, NFT_PRIO).is_empty();
+        let one = |rule: Vec<Value>| nat(EARLY, -110, vec![rule], vec![]);
+        assert!(claims(
+            "80:8080",
+            &one(vec![dport("tcp", json!(80)), dnat(8080)])
+        ));
+        assert!(claims(
+            "80:8080",
+            &one(vec![
+                dport("tcp", json!({"set": [80, 443]})),
+                json!({"redirect": {"port": 8080}})
+            ])
+        ));
+        for target in ["DNAT", "REDIRECT"] {
+            let xt = json!({"xt": {"type": "target", "name": target}});
+            assert!(
+                claims("80:8080", &one(vec![dport("tcp", json!(80)), xt])),
+                "{target}"
+            );
+        }
+        let masq = json!({"xt": {"type": "target", "name": "MASQUERADE"}});
+        assert!(!claims(
+            "80:8080",
+            &one(vec![dport("tcp", json!(80)), masq])
+        ));
+        assert!(!claims(
+            "80:8080",
+            &one(vec![dport("tcp", json!(80)), verdict("accept")])
+        ));
+        // Another port, another protocol.
+        assert!(!claims(
+            "80:8080",
+            &one(vec![dport("tcp", json!(443)), dnat(8080)])
+        ));
+        assert!(!claims(
+            "80:8080/udp",
+            &one(vec![dport("tcp", json!(80)), dnat(8080)])
+        ));
+        assert!(claims(
+            "80:8080/udp",
+            &one(vec![dport("udp", json!(80)), dnat(8080)])
+        ));
+        // A rule that names no port is not taken to claim this one.
+        assert!(!claims(
+            "80:8080",
+            &one(vec![meta("l4proto", json!("tcp")), dnat(8080)])
+        ));
+        assert!(!claims(
+            "80:8080",
+            &one(vec![ct("state", "==", json!("new")), dnat(8080)])
+        ));
+        assert!(!claims("80:8080", &one(vec![dnat(8080)])));
+        // Nor one with a condition that rules the packet out.
+        assert!(!claims(
+            "80:8080",
+            &one(vec![
+                meta("iifname", json!("lo")),
+                dport("tcp", json!(80)),
+                dnat(8080)
+            ])
+        ));
+        assert!(claims(
+            "80:8080",
+            &one(vec![
+                meta("iifname", json!("eth0")),
+                dport("tcp", json!(80)),
+                dnat(8080)
+            ])
+        ));
+        // Output and prerouting nat chains count; others do not.
+        for (kind, hook, counts) in [
+            ("nat", "output", true),
+            ("nat", "postrouting", false),
+            ("nat", "input", false),
+            ("filter", "prerouting", false),
+        ] {
+            let nft = Nft::default()
+                .base(EARLY, "c", (kind, hook, -110, "accept"))
+                .rule(EARLY, "c", vec![dport("tcp", json!(80)), dnat(8080)])
+                .json();
+            assert_eq!(claims("80:8080", &nft), counts, "{kind} {hook}");
+        }
+        // lowport's own table is not a conflict; a table of that name in
+        // another family is.
+        let rule = || vec![vec![dport("tcp", json!(80)), dnat(8080)]];
+        assert!(!claims(
+            "80:8080",
+            &nat(("inet", "lowport"), -105, rule(), vec![])
+        ));
+        assert!(claims(
+            "80:8080",
+            &nat(("ip", "lowport"), -105, rule(), vec![])
+        ));
+        assert!(claims(
+            "80:8080",
+            &nat(("inet", "other"), -105, rule(), vec![])
+        ));
+    }
+
+    #[test]
+    fn nat_follows_jumps_and_names_the_rule() {
+        // The handle of the rule that translates, in the chain it is in,
+        // with rules of other chains and tables listed in between.
+        let nft = Nft::default()
+            .base(EARLY, "svc", ("nat", "prerouting", -110, "accept"))
+            .chain(EARLY, "web")
+            .rule(EARLY, "svc", vec![dport("tcp", json!(22)), dnat(2222)])
+            .rule(EARLY, "svc", vec![jump("jump", "web")])
+            .rule(EARLY, "web", vec![dport("tcp", json!(443)), dnat(8443)])
+            .rule(
+                ("ip6", "early"),
+                "web",
+                vec![dport("tcp", json!(80)), dnat(8080)],
+            )
+            .rule(
+                ("ip", "late"),
+                "web",
+                vec![dport("tcp", json!(80)), dnat(8080)],
+            )
+            .rule(EARLY, "other", vec![dport("tcp", json!(80)), dnat(8080)])
+            .rule(EARLY, "web", vec![dport("tcp", json!(80)), dnat(8080)])
+            .json();
+        let f = nat_findings(&["80:8080"], &nft, NFT_PRIO);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(
+            f[0].fix.as_deref(),
+            Some("remove that rule (sudo nft delete rule ip early web handle 9) or map a different port")
+        );
+        assert!(
+            f[0].message.contains("chain svc (priority -110)"),
+            "{}",
+            f[0].message
+        );
+        // goto too; a jump that cannot apply is not followed.
+        let via = |kind: &str, cond: Vec<Value>| {
+            nat(
+                EARLY,
+                -110,
+                vec![[cond, vec![jump(kind, "web")]].concat()],
+                vec![("web", vec![vec![dport("tcp", json!(80)), dnat(8080)]])],
+            )
+        };
+        assert_eq!(
+            nat_findings(&["80:8080"], &via("goto", vec![]), NFT_PRIO).len(),
+            1
+        );
+        assert!(nat_findings(
+            &["80:8080"],
+            &via("jump", vec![dport("tcp", json!(22))]),
+            NFT_PRIO
+        )
+        .is_empty());
+        // lowport's own chains (iptables) are not a conflict.
+        let ours = nat(
+            ("ip", "nat"),
+            -100,
+            vec![vec![jump("jump", "LOWPORT-PRE")]],
+            vec![(
+                "LOWPORT-PRE",
+                vec![vec![dport("tcp", json!(80)), dnat(8080)]],
+            )],
+        );
+        assert!(nat_findings(&["80:8080"], &ours, IPT_PRIO).is_empty());
+        // Eight deep is followed; a loop ends.
+        let mut extra: Vec<(&str, Vec<Vec<Value>>)> = Vec::new();
+        let names = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"];
+        for (i, n) in names.iter().enumerate() {
+            let rules = match names.get(i + 1) {
+                Some(next) => vec![vec![jump("jump", next)]],
+                None => vec![vec![dport("tcp", json!(80)), dnat(8080)]],
+            };
+            extra.push((n, rules));
+        }
+        let deep = nat(EARLY, -110, vec![vec![jump("jump", "c1")]], extra);
+        assert_eq!(nat_findings(&["80:8080"], &deep, NFT_PRIO).len(), 1);
+        let looped = nat(
+            EARLY,
+            -110,
+            vec![vec![jump("jump", "a")]],
+            vec![("a", vec![vec![jump("jump", "a")]])],
+        );
+        assert!(nat_findings(&["80:8080"], &looped, NFT_PRIO).is_empty());
+        // Every mapping and protocol is asked about.
+        let both = nat(
+            EARLY,
+            -110,
+            vec![vec![dport("th", json!(80)), dnat(8080)]],
+            vec![],
+        );
+        let f = nat_findings(&["443:8443", "80:8080/both"], &both, NFT_PRIO);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(
+            f[0].message.starts_with("#2: ") && f[0].message.contains("translates tcp port 80")
+        );
+        assert!(
+            f[1].message.contains("translates udp port 80"),
+            "{}",
+            f[1].message
+        );
+    }
 }

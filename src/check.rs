@@ -2441,4 +2441,227 @@ mod tests {
             f[1].message
         );
     }
+
+    fn finding(status: Status, topic: &'static str, fix: Option<&str>) -> Finding {
+        Finding {
+            status,
+            topic,
+            message: "m".into(),
+            fix: fix.map(str::to_owned),
+        }
+    }
+
+    const APPLY: &str = "sudo lowport rules apply";
+
+    fn recommend_for(
+        specs: &[&str],
+        mode: Mode,
+        findings: &[Finding],
+        unprivileged_ok: bool,
+        cap_ok: bool,
+    ) -> String {
+        recommend(
+            &config(specs),
+            mode,
+            findings,
+            unprivileged_ok,
+            cap_ok,
+            "nftables",
+            APPLY,
+        )
+    }
+
+    #[test]
+    fn recommendation_follows_the_host() {
+        // Unprivileged ports: nothing needed at all, whatever else is found.
+        let problem = [finding(Status::Problem, "rules", Some(APPLY))];
+        assert_eq!(
+            recommend_for(&["443:8443", "80:8080", "80:8081/udp"], Mode::Rules, &problem, true, false),
+            "simplest here: let the web server listen on 80,443 itself — unprivileged users may already bind them"
+        );
+        // A PROXY protocol header needs the proxy, and the proxy the capability.
+        let mut cfg = config(&["80:8080"]);
+        cfg.mappings[0].proxy_protocol = ProxyProtocol::V1;
+        let pp = |cap_ok| recommend(&cfg, Mode::Rules, &[], false, cap_ok, "nftables", APPLY);
+        assert_eq!(
+            pp(true),
+            "simplest here: lowport proxy — a PROXY protocol header needs the proxy; kernel NAT cannot add one"
+        );
+        assert_eq!(
+            pp(false),
+            "simplest here: sudo setcap cap_net_bind_service=+ep $(command -v lowport); lowport proxy — a PROXY protocol header needs the proxy; kernel NAT cannot add one"
+        );
+        // Rules mode, all well: keep it.
+        let ok = [finding(Status::Ok, "rules", None)];
+        let keep = "simplest here: keep rules mode (nftables); enable lowport-rules.service so the rules come back after a reboot or an nftables reload";
+        assert_eq!(
+            recommend_for(&["80:8080"], Mode::Rules, &ok, false, true),
+            keep
+        );
+        let warned = [
+            finding(Status::Warning, "nat", Some("x")),
+            finding(Status::Warning, "input", Some("y")),
+        ];
+        assert_eq!(
+            recommend_for(&["80:8080"], Mode::Rules, &warned, false, true),
+            keep
+        );
+        // Proxy mode: keep it.
+        assert_eq!(
+            recommend_for(&["80:8080"], Mode::Proxy, &problem, false, false),
+            "simplest here: keep the proxy; it holds no capability once its ports are bound"
+        );
+        // Otherwise: apply the rules.
+        let apply = "simplest here: sudo lowport rules apply (nftables) — one-shot kernel NAT, nothing keeps running";
+        assert_eq!(
+            recommend_for(&["80:8080"], Mode::Rules, &problem, false, true),
+            apply
+        );
+        assert_eq!(
+            recommend_for(&["80:8080"], Mode::None, &ok, false, true),
+            apply
+        );
+    }
+
+    #[test]
+    fn recommendation_names_what_stands_in_the_way() {
+        let rec =
+            |mode, findings: &[Finding]| recommend_for(&["80:8080"], mode, findings, false, true);
+        // Another NAT rule that wins: remove it first.
+        let nat_problem = [
+            finding(Status::Ok, "rules", None),
+            finding(Status::Problem, "nat", Some("remove")),
+        ];
+        let first = "simplest here: first remove the other NAT rule that claims the port (see ✗ nat above); then sudo lowport rules apply";
+        assert_eq!(rec(Mode::Rules, &nat_problem), first);
+        assert_eq!(rec(Mode::None, &nat_problem), first);
+        // Not when it only warns, or names no fix.
+        let nat_warning = [
+            finding(Status::Warning, "nat", Some("remove")),
+            finding(Status::Problem, "rules", None),
+        ];
+        assert!(
+            rec(Mode::None, &nat_warning).starts_with("simplest here: sudo lowport rules apply")
+        );
+        let no_fix = [finding(Status::Problem, "nat", None)];
+        assert!(rec(Mode::None, &no_fix).starts_with("simplest here: sudo lowport rules apply"));
+        let other_topic = [finding(Status::Problem, "target", Some("start it"))];
+        assert!(
+            rec(Mode::None, &other_topic).starts_with("simplest here: sudo lowport rules apply")
+        );
+        // An input firewall that drops the translated port: say so.
+        let extra = "simplest here: sudo lowport rules apply (nftables) — one-shot kernel NAT, nothing keeps running, and allow the translated ports in the input firewall (see ✗ input above)";
+        assert_eq!(
+            rec(
+                Mode::None,
+                &[finding(Status::Problem, "input", Some("nft insert"))]
+            ),
+            extra
+        );
+        assert_eq!(
+            rec(
+                Mode::None,
+                &[finding(Status::Warning, "input", Some("nft insert"))]
+            ),
+            extra
+        );
+        let plain = "simplest here: sudo lowport rules apply (nftables) — one-shot kernel NAT, nothing keeps running";
+        assert_eq!(
+            rec(Mode::None, &[finding(Status::Ok, "input", Some("x"))]),
+            plain
+        );
+        assert_eq!(
+            rec(Mode::None, &[finding(Status::Warning, "input", None)]),
+            plain
+        );
+        assert_eq!(
+            rec(Mode::None, &[finding(Status::Warning, "nat", Some("x"))]),
+            plain
+        );
+    }
+
+    #[test]
+    fn report_text_and_json() {
+        let report = Report {
+            ok: false,
+            mode: Mode::Proxy,
+            findings: vec![
+                finding(Status::Ok, "config", None),
+                finding(Status::Problem, "target", Some("start it")),
+                finding(Status::Warning, "input", None),
+            ],
+            recommendation: "do this".into(),
+        };
+        assert_eq!(
+            report.to_text(),
+            "✓ config: m\n✗ target: m\n    fix: start it\n! input: m\n→ do this\n"
+        );
+        let v: Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(
+            v,
+            json!({"ok": false, "mode": "proxy", "recommendation": "do this", "findings": [
+                {"status": "ok", "topic": "config", "message": "m"},
+                {"status": "problem", "topic": "target", "message": "m", "fix": "start it"},
+                {"status": "warning", "topic": "input", "message": "m"},
+            ]})
+        );
+        assert_eq!(
+            [Mode::Rules, Mode::Proxy, Mode::None].map(|m| m.to_string()),
+            ["rules", "proxy", "none"]
+        );
+    }
+
+    #[test]
+    fn shell_quote_quotes_what_a_shell_would_split() {
+        assert_eq!(shell_quote("/etc/lowport.yaml"), "/etc/lowport.yaml");
+        assert_eq!(shell_quote("a:b=c@d,e+f_g-h.i"), "a:b=c@d,e+f_g-h.i");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("$(x)"), "'$(x)'");
+    }
+
+    fn socket(l4: L4, addr: &str) -> Socket {
+        Socket {
+            l4,
+            addr: addr.parse().unwrap(),
+            uid: 1000,
+            processes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn listeners_that_serve_an_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(accepts(ip("::"), ip("127.0.0.1")));
+        assert!(accepts(ip("::"), ip("::1")));
+        assert!(accepts(ip("0.0.0.0"), ip("192.0.2.1")));
+        assert!(!accepts(ip("0.0.0.0"), ip("::1")));
+        assert!(accepts(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(!accepts(ip("127.0.0.1"), ip("127.0.0.2")));
+        assert!(!accepts(ip("127.0.0.1"), ip("::1")));
+        assert!(accepts(ip("::ffff:127.0.0.1"), ip("127.0.0.1")));
+        assert!(!accepts(ip("::ffff:127.0.0.1"), ip("127.0.0.2")));
+        assert!(!accepts(ip("::1"), ip("127.0.0.1")));
+        assert!(accepts(ip("::1"), ip("::1")));
+        let l = Listeners {
+            all: vec![
+                socket(L4::Tcp, "127.0.0.1:8080"),
+                socket(L4::Udp, "0.0.0.0:8080"),
+                socket(L4::Tcp, "[::]:8443"),
+                socket(L4::Tcp, "0.0.0.0:9000"),
+            ],
+        };
+        let addrs = |l4, port, to| -> Vec<String> {
+            l.serving(l4, port, ip(to))
+                .iter()
+                .map(|s| s.addr.to_string())
+                .collect()
+        };
+        assert_eq!(addrs(L4::Tcp, 8080, "127.0.0.1"), ["127.0.0.1:8080"]);
+        assert_eq!(addrs(L4::Udp, 8080, "127.0.0.1"), ["0.0.0.0:8080"]);
+        assert!(addrs(L4::Tcp, 8080, "192.0.2.1").is_empty());
+        assert_eq!(addrs(L4::Tcp, 8443, "192.0.2.1"), ["[::]:8443"]);
+        assert!(addrs(L4::Udp, 8443, "192.0.2.1").is_empty());
+        assert!(addrs(L4::Tcp, 9001, "127.0.0.1").is_empty());
+    }
 }

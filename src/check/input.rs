@@ -343,6 +343,14 @@ mod tests {
         ));
         assert!(blocked(
             "80:8080",
+            &accepts(ct(
+                "state",
+                "==",
+                json!({"set": ["established", "related"]})
+            ))
+        ));
+        assert!(blocked(
+            "80:8080",
             &accepts(ct("state", "==", json!("invalid")))
         ));
         assert!(!blocked(

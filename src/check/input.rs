@@ -7,7 +7,7 @@ use super::nft::{nft_chain_verdict, s, NftRules, Packet};
 use super::report::Findings;
 use crate::config::Config;
 use crate::firewall::{self, iptables, plan};
-use crate::mapping::{Mapping, TargetHost};
+use crate::mapping::{Mapping, TargetHost, L4};
 
 /// The port the input firewall sees for a mapping, when the target is this host.
 pub(super) fn translated_port(m: &Mapping) -> Option<u16> {
@@ -120,25 +120,7 @@ pub(super) fn check_legacy_input(f: &mut Findings, config: &Config, needed: bool
                 continue;
             };
             for l4 in m.protocol.l4s() {
-                let accepted = text
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("-A INPUT "))
-                    .any(|r| {
-                        let words: Vec<&str> = r.split_whitespace().collect();
-                        let has =
-                            |a: &str, b: &str| words.windows(2).any(|w| w[0] == a && w[1] == b);
-                        let proto_ok = !words.contains(&"-p") || has("-p", &l4.to_string());
-                        let port_ok = has("--dport", &dport.to_string())
-                            || has("--ctorigdstport", &m.listen.port.to_string())
-                            || !words.iter().any(|w| {
-                                w.starts_with("--dport")
-                                    || w.starts_with("--ctorigdstport")
-                                    || *w == "--ctstate"
-                                    || *w == "--state"
-                                    || *w == "-i"
-                            });
-                        proto_ok && port_ok && has("-j", "ACCEPT")
-                    });
+                let accepted = legacy_input_accepts(&text, l4, dport, m.listen.port.get());
                 if !accepted {
                     blocked_any = true;
                     let tool = if family == plan::Family::V4 {
@@ -157,6 +139,30 @@ pub(super) fn check_legacy_input(f: &mut Findings, config: &Config, needed: bool
         }
     }
     blocked_any
+}
+
+/// Does a rule of INPUT in `text` (`iptables-save` of the filter table)
+/// accept `l4` connections to the translated port `dport` that a client
+/// sent to `listen`? A rule that names no port, state or interface accepts
+/// everything.
+pub(super) fn legacy_input_accepts(text: &str, l4: L4, dport: u16, listen: u16) -> bool {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("-A INPUT "))
+        .any(|r| {
+            let words: Vec<&str> = r.split_whitespace().collect();
+            let has = |a: &str, b: &str| words.windows(2).any(|w| w[0] == a && w[1] == b);
+            let proto_ok = !words.contains(&"-p") || has("-p", &l4.to_string());
+            let port_ok = has("--dport", &dport.to_string())
+                || has("--ctorigdstport", &listen.to_string())
+                || !words.iter().any(|w| {
+                    w.starts_with("--dport")
+                        || w.starts_with("--ctorigdstport")
+                        || *w == "--ctstate"
+                        || *w == "--state"
+                        || *w == "-i"
+                });
+            proto_ok && port_ok && has("-j", "ACCEPT")
+        })
 }
 
 #[cfg(test)]
@@ -619,5 +625,66 @@ mod tests {
         );
         // Nothing to read: nothing found.
         assert!(input_findings(&["80:8080"], &json!({}), true).is_empty());
+    }
+
+    #[test]
+    fn legacy_input_rules_that_accept_the_translated_port() {
+        let accepts = |rules: &[&str], l4| {
+            let text = format!(
+                "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n{}\nCOMMIT\n",
+                rules.join("\n")
+            );
+            legacy_input_accepts(&text, l4, 8080, 80)
+        };
+        let tcp = |rules: &[&str]| accepts(rules, L4::Tcp);
+        assert!(tcp(&["-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT"]));
+        assert!(!accepts(
+            &["-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT"],
+            L4::Udp
+        ));
+        assert!(accepts(
+            &["-A INPUT -p udp -m udp --dport 8080 -j ACCEPT"],
+            L4::Udp
+        ));
+        // The trap: the listen port is not what INPUT sees.
+        assert!(!tcp(&["-A INPUT -p tcp -m tcp --dport 80 -j ACCEPT"]));
+        assert!(!tcp(&["-A INPUT -p tcp -m tcp --dport 8081 -j ACCEPT"]));
+        assert!(!tcp(&["-A INPUT -p tcp -m tcp --dport 8080 -j DROP"]));
+        assert!(!tcp(&["-A FORWARD -p tcp -m tcp --dport 8080 -j ACCEPT"]));
+        assert!(!tcp(&[
+            "-A INPUT -p tcp -m multiport --dports 22,443 -j ACCEPT"
+        ]));
+        // What check suggests: the port the client sent to, from conntrack.
+        assert!(tcp(&[
+            "-A INPUT -p tcp -m conntrack --ctstate DNAT --ctorigdstport 80 -j ACCEPT"
+        ]));
+        assert!(tcp(&[
+            "-A INPUT -m conntrack --ctstate DNAT --ctorigdstport 80 -j ACCEPT"
+        ]));
+        assert!(!tcp(&[
+            "-A INPUT -m conntrack --ctstate DNAT --ctorigdstport 443 -j ACCEPT"
+        ]));
+        // Everything, or everything of the protocol.
+        assert!(tcp(&["-A INPUT -j ACCEPT"]));
+        assert!(tcp(&["-A INPUT -p tcp -j ACCEPT"]));
+        assert!(!tcp(&["-A INPUT -p udp -j ACCEPT"]));
+        // Replies, loopback: not a new connection from a client.
+        assert!(!tcp(&[
+            "-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT"
+        ]));
+        assert!(!tcp(&[
+            "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ]));
+        assert!(!tcp(&["-A INPUT -i lo -j ACCEPT"]));
+        // Any rule of the chain will do.
+        assert!(tcp(&[
+            "-A INPUT -i lo -j ACCEPT",
+            "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT"
+        ]));
+        assert!(tcp(&[
+            "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT",
+            "-A INPUT -i lo -j ACCEPT"
+        ]));
+        assert!(!tcp(&[]));
     }
 }

@@ -664,6 +664,9 @@ mod tests {
         assert!(!tcp(&[
             "-A INPUT -m conntrack --ctstate DNAT --ctorigdstport 443 -j ACCEPT"
         ]));
+        assert!(!tcp(&[
+            "-A INPUT -m conntrack --ctorigdstport 443 -j ACCEPT"
+        ]));
         // Everything, or everything of the protocol.
         assert!(tcp(&["-A INPUT -j ACCEPT"]));
         assert!(tcp(&["-A INPUT -p tcp -j ACCEPT"]));

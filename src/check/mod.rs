@@ -13,6 +13,13 @@
 //! listeners, `nft -j list ruleset` and `iptables-legacy-save` for other
 //! firewalls (diagnosis only; the rules backends stay as they are), the
 //! binary's `security.capability` xattr, `/proc/self/mountinfo`.
+//!
+//! One file per family of findings, in the order `run` prints them: the
+//! config (here), `rules` (the mode, drift, an interrupted apply), `target`
+//! (reading `listeners`), `sysctl`, `input` and `nat` (other firewalls, read
+//! through `nft`), `capability` (the `proxy` findings: capability and
+//! privilege). `recommend` writes the closing line; `report` holds the
+//! findings and prints them.
 
 mod capability;
 mod input;

@@ -50,7 +50,7 @@ Optional label (1\-64 letters, digits, \-, _, .), unique; shown in logs, rule co
 "[HOST:]PORT". No HOST: this machine. HOST is an address or a name (resolved when rules are applied; per connection in proxy mode).
 .TP
 .B protocol
-tcp (default), udp or both (TCP and UDP on the same port). In proxy mode a UDP mapping needs an address or no HOST in \fBto\fR, and no proxy_protocol.
+tcp (default), udp or both (TCP and UDP on the same port). In proxy mode a UDP mapping takes no proxy_protocol; a host name in \fBto\fR is resolved for each new flow, as for each TCP connection (its first datagrams wait for the answer, at most connect_timeout).
 .TP
 .B proxy_protocol
 Proxy mode: off (default), v1 or v2: send a PROXY protocol header with the client's address to the backend first.

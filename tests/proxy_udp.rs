@@ -539,6 +539,67 @@ fn backend_down_then_up_keeps_the_flow() {
     assert_eq!(backend.ports(), vec![port], "not the same flow");
 }
 
+/// A UDP target given by name is resolved for each new flow, as TCP's are
+/// for each connection: the first datagrams wait for the answer and then go
+/// out; a name that does not resolve drops the flow's datagrams, counted,
+/// with the reason in the log, and the proxy serves on.
+#[test]
+fn udp_backend_names_are_resolved() {
+    if !require_root("udp_backend_names_are_resolved") {
+        return;
+    }
+    let ns = Netns::new("pxudpname");
+    // Names only this namespace knows (`ip netns exec` mounts the file over
+    // /etc/hosts): a backend on 127.0.0.2, which no fallback to loopback
+    // would reach, and a name that is a multicast group, not a backend.
+    ns.etc_file(
+        "hosts",
+        "127.0.0.1 localhost\n127.0.0.2 backend.lowport.test\n224.0.0.9 group.lowport.test\n",
+    );
+    let backend = Backend::start(&ns, "127.0.0.2:8443");
+    let dir = temp_dir("udpname");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - {listen: 9443, to: \"backend.lowport.test:8443\", protocol: udp}\n  - {listen: 9444, to: \"no-such-host.invalid:8443\", protocol: udp}\n  - {listen: 9445, to: \"group.lowport.test:8443\", protocol: udp}\nproxy:\n  connect_timeout: 3s\n",
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+    for flow in 0..3 {
+        let s = client(&ns, "127.0.0.1:0");
+        // Three datagrams at once: all wait for the lookup, none is lost.
+        let to: SocketAddr = "127.0.0.1:9443".parse().expect("addr");
+        let sent: Vec<Vec<u8>> = (0..3)
+            .map(|i| datagram(flow, i, 100 + i as usize))
+            .collect();
+        for d in &sent {
+            s.send_to(d, to).expect("send");
+        }
+        for d in &sent {
+            let (back, from) = recv(&s).expect("an answer through a name");
+            assert_eq!(from, to);
+            assert!(back == *d, "flow {flow}: datagram changed or out of order");
+        }
+    }
+    assert_eq!(backend.ports().len(), 3, "one flow per client");
+
+    let s = client(&ns, "127.0.0.1:0");
+    s.send_to(&datagram(9, 1, 10), "127.0.0.1:9444")
+        .expect("send");
+    let line = proxy.expect_line("no backend for a UDP flow", Duration::from_secs(10));
+    assert!(
+        line.contains("cannot resolve no-such-host.invalid"),
+        "{line}"
+    );
+    s.send_to(&datagram(9, 2, 10), "127.0.0.1:9445")
+        .expect("send");
+    let line = proxy.expect_line("no backend for a UDP flow", Duration::from_secs(10));
+    assert!(line.contains("224.0.0.9: a multicast address"), "{line}");
+    let c = counters(&proxy);
+    assert_eq!(c["udp_dropped_unresolved"], 2, "{c:?}");
+    assert_eq!(c["udp_flows_active"], 3, "{c:?}");
+    assert_eq!(c["udp_datagrams_to_backend"], 9, "{c:?}");
+    assert_eq!(c["udp_datagrams_to_client"], 9, "{c:?}");
+}
+
 /// SIGHUP adds a UDP mapping and removes it again; a live flow on a kept
 /// mapping goes on throughout.
 #[test]

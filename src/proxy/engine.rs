@@ -64,7 +64,8 @@ pub enum Command {
     UdpUnlisten { key: Listen },
     /// New timeouts and connection cap (reload).
     Settings(Arc<ProxySettings>),
-    /// The answer to a [`Resolve`] request.
+    /// The answer to a [`Resolve`] request (for a TCP connection or a
+    /// UDP flow).
     Resolved {
         conn: usize,
         generation: u32,
@@ -176,6 +177,7 @@ enum Entry {
     Conn(Box<Conn>),
     UdpListener(Box<udp::UdpListener>),
     Flow(Box<udp::Flow>),
+    FlowResolving(Box<udp::Resolving>),
 }
 
 /// The event loop and everything it owns.
@@ -455,7 +457,13 @@ impl Engine {
                     conn,
                     generation,
                     addrs,
-                } => self.resolved(conn, generation, addrs),
+                } => {
+                    if matches!(self.entries.get(conn), Some(Entry::FlowResolving(_))) {
+                        self.flow_resolved(conn, generation, addrs);
+                    } else {
+                        self.resolved(conn, generation, addrs);
+                    }
+                }
                 Command::Drain(reply) => {
                     self.entries.retain(|_, e| !matches!(e, Entry::Listener(_)));
                     // UDP has no end of stream to wait for: its flows close now.
@@ -554,6 +562,8 @@ impl Engine {
                 }
                 return;
             }
+            // No socket yet: no event is for it.
+            Some(Entry::FlowResolving(_)) => return,
             Some(Entry::Listener(_)) => {
                 self.accept(key);
                 return;
@@ -793,31 +803,10 @@ impl Engine {
         if c.generation != generation || !matches!(c.phase, Phase::Resolving { .. }) {
             return;
         }
-        match addrs {
-            Ok(a) if a.is_empty() => {
-                self.refuse(key, "the name resolved to no address".to_owned());
-            }
-            Ok(a) => {
-                // Checked as a literal target is (mapping.rs): a name that
-                // resolves to the broadcast, unspecified or a multicast
-                // address is not a backend.
-                let (usable, unusable): (Vec<_>, Vec<_>) = a
-                    .into_iter()
-                    .partition(|addr| crate::mapping::unusable_target(addr.ip()).is_none());
-                if usable.is_empty() {
-                    let why = unusable
-                        .iter()
-                        .map(|addr| {
-                            let what = crate::mapping::unusable_target(addr.ip()).unwrap_or("");
-                            format!("{}: {what}, not a backend", addr.ip())
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    self.refuse(key, format!("the name resolved only to {why}"));
-                } else {
-                    c.addrs = usable;
-                    self.connect_next(key);
-                }
+        match addrs.and_then(usable_addresses) {
+            Ok(usable) => {
+                c.addrs = usable;
+                self.connect_next(key);
             }
             Err(e) => self.refuse(key, e),
         }
@@ -1213,6 +1202,11 @@ impl Engine {
                     f.timer_at = u64::MAX;
                     self.flow_timer(key);
                 }
+                Some(Entry::FlowResolving(r))
+                    if r.generation == generation && r.timer_at == due =>
+                {
+                    self.flow_unresolved(key, "no answer from the resolver within connect_timeout");
+                }
                 // Stale: the slot was reused, or an earlier timer replaced it.
                 _ => {}
             }
@@ -1282,6 +1276,31 @@ impl Engine {
 /// an IPv4 address as it is (also when it came v4-mapped on a dual-stack
 /// socket), an IPv6 address by its /64, the block one subscriber's LAN
 /// usually gets (a single host can pick any address in it).
+/// The addresses a backend name resolved to that can be backends, in the
+/// resolver's order, or why there is none. Checked as a literal target is
+/// (mapping.rs): a name that resolves to the broadcast, unspecified or a
+/// multicast address is not a backend.
+fn usable_addresses(addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, String> {
+    if addrs.is_empty() {
+        return Err("the name resolved to no address".to_owned());
+    }
+    let (usable, unusable): (Vec<_>, Vec<_>) = addrs
+        .into_iter()
+        .partition(|addr| crate::mapping::unusable_target(addr.ip()).is_none());
+    if !usable.is_empty() {
+        return Ok(usable);
+    }
+    let why = unusable
+        .iter()
+        .map(|addr| {
+            let what = crate::mapping::unusable_target(addr.ip()).unwrap_or("");
+            format!("{}: {what}, not a backend", addr.ip())
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(format!("the name resolved only to {why}"))
+}
+
 fn client_key(peer: SocketAddr) -> IpAddr {
     match unmap(peer).ip() {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),

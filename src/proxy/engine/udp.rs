@@ -32,11 +32,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use quinn_udp::{EcnCodepoint, RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use rustix::event::epoll::{self, EventFlags};
 use tracing::{debug, warn};
 
-use super::{data, ms, Engine, Entry};
+use super::{data, ms, usable_addresses, Engine, Entry, Resolve};
 use crate::mapping::{Listen, Mapping, TargetHost};
 use crate::proxy::proxy_protocol::unmap;
 use crate::proxy::stats::{add, inc};
@@ -74,6 +74,51 @@ pub(super) struct Flow {
     /// timer queued for the flow (re-queued only when it fires early).
     last_active: u64,
     pub(super) timer_at: u64,
+}
+
+/// A new flow whose backend is a host name, while the control plane
+/// resolves it (as for a TCP connection: once per flow, so a name that
+/// moves is followed by new flows): no socket yet, and the client's first
+/// datagrams held, a few, to go out once it has one.
+pub(super) struct Resolving {
+    pub(super) generation: u32,
+    listener: (usize, u32),
+    client: SocketAddr,
+    local: Option<IpAddr>,
+    held: Vec<(Vec<u8>, Option<EcnCodepoint>)>,
+    held_bytes: usize,
+    pub(super) timer_at: u64,
+}
+
+/// What a resolving flow holds at most: enough for a QUIC handshake's
+/// first flight (a few 1,200-byte datagrams) or one datagram of any size.
+const HELD_DATAGRAMS: usize = 16;
+const HELD_BYTES: usize = 1 << 17;
+
+impl Resolving {
+    /// Hold the datagrams of one read; how many found no room.
+    fn hold(&mut self, m: &RecvMeta, contents: &[u8]) -> u64 {
+        let stride = if m.stride == 0 {
+            contents.len().max(1)
+        } else {
+            m.stride
+        };
+        let mut refused = 0;
+        let mut push = |d: &[u8]| {
+            if self.held.len() < HELD_DATAGRAMS && self.held_bytes + d.len() <= HELD_BYTES {
+                self.held_bytes += d.len();
+                self.held.push((d.to_vec(), m.ecn));
+            } else {
+                refused += 1;
+            }
+        };
+        if contents.is_empty() {
+            push(&[]);
+        } else {
+            contents.chunks(stride).for_each(push);
+        }
+        refused
+    }
 }
 
 /// The engine's UDP state: one set of receive slots for every socket.
@@ -342,7 +387,7 @@ impl Engine {
         for k in self.keys(|e| matches!(e, Entry::UdpListener(l) if which(l))) {
             if let Some(Entry::UdpListener(l)) = self.entries.try_remove(k) {
                 for flow in l.flows.into_values() {
-                    if let Some(Entry::Flow(_)) = self.entries.get(flow) {
+                    if let Some(Entry::Flow(_) | Entry::FlowResolving(_)) = self.entries.get(flow) {
                         self.entries.remove(flow);
                         self.flow_gone();
                     }
@@ -409,8 +454,17 @@ impl Engine {
                 None => return,
             },
         };
-        let Some(Entry::Flow(f)) = self.entries.get(flow) else {
-            return;
+        let f = match self.entries.get_mut(flow) {
+            Some(Entry::Flow(f)) => f,
+            Some(Entry::FlowResolving(r)) => {
+                if local.is_some() {
+                    r.local = local;
+                }
+                let refused = r.hold(m, contents);
+                add(&self.stats.udp.dropped_unresolved, refused);
+                return;
+            }
+            _ => return,
         };
         let (dropped, icmp) = send(&f.state, &f.sock, f.target, None, m, contents);
         let n = datagrams(m);
@@ -428,7 +482,8 @@ impl Engine {
     }
 
     /// Open a flow for `client` on listener `key`: None (the datagram is
-    /// dropped and counted) at udp_max_flows or without a socket.
+    /// dropped and counted) at udp_max_flows or without a socket. A flow to
+    /// a host name opens resolving, without a socket yet.
     fn open_flow(&mut self, key: usize, client: SocketAddr) -> Option<usize> {
         if self.udp.flows >= self.settings.udp_max_flows.get() {
             inc(&self.stats.udp.dropped_max_flows);
@@ -438,24 +493,66 @@ impl Engine {
         let Some(Entry::UdpListener(l)) = self.entries.get(key) else {
             return None;
         };
-        let target = udp_target(&l.mapping, client);
         let listener = (key, l.generation);
-        let label = l.mapping.label();
-        let sock = match flow_socket(target) {
-            Ok(s) => s,
-            Err((sock, e)) => {
-                inc(&self.stats.udp.dropped_no_socket);
-                if sock && !std::mem::replace(&mut self.udp.starved, true) {
-                    warn!(client = %unmap(client), mapping = %label, "no UDP socket for a new flow: {e}; datagrams from new clients are dropped (and counted) until one can be made");
-                } else {
-                    debug!(client = %unmap(client), mapping = %label, "UDP flow to {target}: {e}; datagram dropped");
-                }
-                return None;
-            }
+        let flow_key = if let TargetHost::Name(name) = &l.mapping.target.host {
+            let (name, port) = (name.clone(), l.mapping.target.port.get());
+            self.open_resolving(listener, client, name, port)?
+        } else {
+            let target = udp_target(&l.mapping, client);
+            let sock = self.flow_socket_or_count(client, target, 1)?;
+            let generation = self.generation();
+            let flow_key = self.entries.vacant_key();
+            let due = self.now + ms(self.settings.udp_idle_timeout);
+            self.install_flow(
+                flow_key, generation, listener, client, None, target, sock, due,
+            )?
         };
-        let generation = self.generation();
-        let entry = self.entries.vacant_entry();
-        let flow_key = entry.key();
+        if let Some(Entry::UdpListener(l)) = self.entries.get_mut(key) {
+            l.flows.insert(client, flow_key);
+        }
+        self.udp.flows += 1;
+        self.udp.starved = false;
+        inc(&self.stats.udp.flows_opened);
+        self.stats.udp.flows_active.fetch_add(1, Ordering::Relaxed);
+        Some(flow_key)
+    }
+
+    /// A flow's socket to `target`, or None with the error logged and the
+    /// `datagrams` that were to go on it counted.
+    fn flow_socket_or_count(
+        &mut self,
+        client: SocketAddr,
+        target: SocketAddr,
+        datagrams: u64,
+    ) -> Option<(UdpSocket, UdpSocketState)> {
+        match flow_socket(target) {
+            Ok(s) => Some(s),
+            Err((sock, e)) => {
+                add(&self.stats.udp.dropped_no_socket, datagrams);
+                if sock && !std::mem::replace(&mut self.udp.starved, true) {
+                    warn!(client = %unmap(client), "no UDP socket for a new flow: {e}; datagrams from new clients are dropped (and counted) until one can be made");
+                } else {
+                    debug!(client = %unmap(client), "UDP flow to {target}: {e}; datagram dropped");
+                }
+                None
+            }
+        }
+    }
+
+    /// Watch a flow's socket and store the flow at `flow_key` (a vacant
+    /// key, or the key its resolving entry held), its timer due at `due`.
+    #[allow(clippy::too_many_arguments)]
+    fn install_flow(
+        &mut self,
+        flow_key: usize,
+        generation: u32,
+        listener: (usize, u32),
+        client: SocketAddr,
+        local: Option<IpAddr>,
+        target: SocketAddr,
+        sock: (UdpSocket, UdpSocketState),
+        due: u64,
+    ) -> Option<usize> {
         if let Err(e) = epoll::add(
             &self.epoll,
             &sock.0,
@@ -466,29 +563,150 @@ impl Engine {
             warn!(client = %unmap(client), "cannot watch a new UDP flow's socket: {e}");
             return None;
         }
-        let due = self.now + ms(self.settings.udp_idle_timeout);
-        entry.insert(Entry::Flow(Box::new(Flow {
+        let flow = Entry::Flow(Box::new(Flow {
             sock: sock.0,
             state: sock.1,
             generation,
             listener,
             client,
             target,
-            local: None,
+            local,
             last_active: self.now,
             timer_at: due,
-        })));
+        }));
+        match self.entries.get_mut(flow_key) {
+            Some(e) => *e = flow,
+            None => {
+                let k = self.entries.insert(flow);
+                debug_assert_eq!(k, flow_key);
+            }
+        }
         self.timers
             .push(std::cmp::Reverse((due, flow_key, generation)));
-        if let Some(Entry::UdpListener(l)) = self.entries.get_mut(key) {
-            l.flows.insert(client, flow_key);
-        }
-        self.udp.flows += 1;
-        self.udp.starved = false;
-        inc(&self.stats.udp.flows_opened);
-        self.stats.udp.flows_active.fetch_add(1, Ordering::Relaxed);
-        debug!(client = %unmap(client), mapping = %label, "UDP flow opened to {target}");
+        debug!(client = %unmap(client), "UDP flow opened to {target}");
         Some(flow_key)
+    }
+
+    /// A flow to a host name: ask the control plane for its addresses, and
+    /// hold the client's datagrams until they come.
+    fn open_resolving(
+        &mut self,
+        listener: (usize, u32),
+        client: SocketAddr,
+        name: String,
+        port: u16,
+    ) -> Option<usize> {
+        let generation = self.generation();
+        // As for a TCP connection: no longer than a backend that does not
+        // answer would be waited for.
+        let due = self.now + ms(self.settings.connect_timeout);
+        let key = self
+            .entries
+            .insert(Entry::FlowResolving(Box::new(Resolving {
+                generation,
+                listener,
+                client,
+                local: None,
+                held: Vec::new(),
+                held_bytes: 0,
+                timer_at: due,
+            })));
+        let asked = self.resolver.send(Resolve {
+            conn: key,
+            generation,
+            name,
+            port,
+        });
+        if asked.is_err() {
+            self.entries.remove(key);
+            inc(&self.stats.udp.dropped_unresolved);
+            warn!(client = %unmap(client), "no backend for a UDP flow: name resolution is not available");
+            return None;
+        }
+        self.timers.push(std::cmp::Reverse((due, key, generation)));
+        Some(key)
+    }
+
+    /// The answer for a resolving flow: connect it to the first usable
+    /// address (a connected UDP socket learns nothing of the backend, so
+    /// there is no next address to fall back to) and send what it held.
+    pub(super) fn flow_resolved(
+        &mut self,
+        key: usize,
+        generation: u32,
+        addrs: Result<Vec<SocketAddr>, String>,
+    ) {
+        let Some(Entry::FlowResolving(r)) = self.entries.get(key) else {
+            return;
+        };
+        if r.generation != generation {
+            return;
+        }
+        let target = match addrs.and_then(usable_addresses) {
+            Ok(a) => a[0],
+            Err(why) => return self.flow_unresolved(key, &why),
+        };
+        let (listener, client, local, due) = (r.listener, r.client, r.local, r.timer_at);
+        let held = r.held.len() as u64;
+        let Some(sock) = self.flow_socket_or_count(client, target, held) else {
+            return self.resolving_gone(key);
+        };
+        let Some(Entry::FlowResolving(r)) = self.entries.get_mut(key) else {
+            return;
+        };
+        let held = std::mem::take(&mut r.held);
+        // The resolving entry's timer (connect_timeout) becomes the flow's
+        // first: it fires, finds the flow active, and queues the next.
+        if self
+            .install_flow(key, generation, listener, client, local, target, sock, due)
+            .is_none()
+        {
+            return self.resolving_gone(key);
+        }
+        let Some(Entry::Flow(f)) = self.entries.get(key) else {
+            return;
+        };
+        let s = &self.stats.udp;
+        for (d, ecn) in held {
+            let mut m = RecvMeta::default();
+            (m.addr, m.len, m.stride, m.ecn) = (client, d.len(), d.len(), ecn);
+            let (dropped, icmp) = send(&f.state, &f.sock, target, None, &m, &d);
+            add(&s.datagrams_to_backend, 1 - dropped.min(1));
+            add(&s.bytes_to_backend, d.len() as u64);
+            add(&s.dropped_send, dropped);
+            add(&s.icmp_errors, icmp);
+        }
+    }
+
+    /// A resolving flow's name gave no usable address (or no answer came):
+    /// its datagrams are dropped and counted, and the flow ends; the
+    /// client's next datagram tries again.
+    pub(super) fn flow_unresolved(&mut self, key: usize, why: &str) {
+        let Some(Entry::FlowResolving(r)) = self.entries.get(key) else {
+            return;
+        };
+        let mapping = match self.entries.get(r.listener.0) {
+            Some(Entry::UdpListener(l)) => l.mapping.label(),
+            _ => String::new(),
+        };
+        let client = r.client;
+        // Counted before it is logged: the log is what a reader waits for.
+        add(&self.stats.udp.dropped_unresolved, r.held.len() as u64);
+        self.resolving_gone(key);
+        warn!(client = %unmap(client), mapping = %mapping, "no backend for a UDP flow: {why}; its datagrams are dropped");
+    }
+
+    /// Remove a resolving flow that will not open.
+    fn resolving_gone(&mut self, key: usize) {
+        let Some(Entry::FlowResolving(r)) = self.entries.try_remove(key) else {
+            return;
+        };
+        self.flow_gone();
+        if let Some(Entry::UdpListener(l)) = self.entries.get_mut(r.listener.0) {
+            if l.generation == r.listener.1 && l.flows.get(&r.client) == Some(&key) {
+                l.flows.remove(&r.client);
+            }
+        }
     }
 
     /// Read what the backend sent on a flow until none is left, and send
@@ -580,7 +798,8 @@ fn udp_target(mapping: &Mapping, client: SocketAddr) -> SocketAddr {
     let port = mapping.target.port.get();
     match &mapping.target.host {
         TargetHost::Ip(ip) => SocketAddr::new(*ip, port),
-        // Refused by validate_for_proxy; loopback keeps this total.
+        // A name is resolved first (`open_resolving`); loopback keeps
+        // this total.
         TargetHost::Local | TargetHost::Name(_) => {
             if unmap(client).is_ipv6() {
                 SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)

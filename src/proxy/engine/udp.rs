@@ -14,7 +14,9 @@
 //!
 //! Datagrams travel whole by construction: every receive slot holds 64 KiB,
 //! more than any UDP payload (65,507 bytes over IPv4, 65,527 over IPv6) and
-//! than any batch that GRO coalesces (the kernel flushes one below 64 KiB).
+//! than any batch that GRO coalesces (the kernel flushes one below 64 KiB);
+//! a read that filled its slot anyway is dropped and counted
+//! (`udp_dropped_truncated`), never relayed.
 //! Nothing is queued: a datagram the kernel will not take now (send buffer
 //! full) is dropped and counted, as a router would, so an idle flow holds no
 //! buffer — a socket, its state and this table's entry.
@@ -44,6 +46,16 @@ use crate::proxy::stats::{add, inc};
 /// One receive slot: more than the largest UDP payload and than any GRO
 /// batch (the kernel's skb_gro_receive keeps one below 65,536 bytes).
 const SLOT: usize = 1 << 16;
+// The largest UDP payload is 65,527 bytes (IPv6; 65,507 over IPv4).
+const _: () = assert!(SLOT > 65_527);
+
+/// A read that filled its whole slot may have been cut (MSG_TRUNC):
+/// recvmmsg reports the bytes it copied, and no whole datagram or GRO batch
+/// is that long. quinn-udp does not hand on msg_flags, so the length is the
+/// check; exact, since one byte more than the largest payload is a slot.
+fn cut(m: &RecvMeta) -> bool {
+    m.len >= SLOT
+}
 
 /// A UDP listening socket and the flows of its clients.
 pub(super) struct UdpListener {
@@ -182,7 +194,8 @@ const MAX_RUN: usize = 65_000;
 /// The most datagrams in one GSO send (the kernel's UDP_MAX_SEGMENTS).
 const MAX_RUN_DATAGRAMS: usize = 64;
 
-/// Where the run of reads that starts at `start` ends: single datagrams
+/// Where the run of reads that starts at `start` ends (a read that is not
+/// [`cut`]): single datagrams
 /// from one sender, to one address, with one ECN mark, all of the first's
 /// size but the last, which may be shorter. A recvmmsg batch from a busy
 /// client (loopback has no GRO) leaves as one GSO send instead of one
@@ -431,6 +444,11 @@ impl Engine {
             };
             let mut i = 0;
             while i < n {
+                if cut(&meta[i]) {
+                    inc(&self.stats.udp.dropped_truncated);
+                    i += 1;
+                    continue;
+                }
                 let end = run_end(&meta[..n], i);
                 let (m, contents) = gather(&meta, &slots, &mut run, i, end);
                 self.client_datagrams(key, &m, contents);
@@ -743,6 +761,11 @@ impl Engine {
             let s = &self.stats.udp;
             let mut i = 0;
             while i < n {
+                if cut(&meta[i]) {
+                    inc(&s.dropped_truncated);
+                    i += 1;
+                    continue;
+                }
                 let end = run_end(&meta[..n], i);
                 let (m, contents) = gather(&meta, &slots, &mut run, i, end);
                 let (dropped, _) = send(&l.state, &l.sock, f.client, f.local, &m, contents);
@@ -833,6 +856,39 @@ mod tests {
 
     /// An idle flow is a socket, this entry and its slot in the listener's
     /// table: no buffer. The size is what a boxed entry costs on the heap.
+    /// The largest datagram arrives whole in a slot, through the same
+    /// recvmmsg as the relay's; a read that filled its slot is taken as cut.
+    #[test]
+    fn the_largest_datagram_fits_a_slot_and_a_full_slot_is_cut() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let state = UdpSocketState::new((&rx).into()).expect("state");
+        let sent: Vec<u8> = (0..65_507u32).map(|i| (i % 251) as u8).collect();
+        tx.send_to(&sent, rx.local_addr().expect("addr"))
+            .expect("send");
+        let mut slots = vec![0u8; SLOT * BATCH_SIZE];
+        let mut meta = [RecvMeta::default(); BATCH_SIZE];
+        let n = state
+            .recv((&rx).into(), &mut slices(&mut slots), &mut meta)
+            .expect("recv");
+        assert_eq!(n, 1);
+        assert_eq!(meta[0].len, sent.len());
+        assert!(!cut(&meta[0]));
+        assert_eq!(&slots[..sent.len()], &sent[..]);
+
+        let mut m = RecvMeta::default();
+        m.len = SLOT;
+        assert!(cut(&m), "a full slot");
+        m.len = SLOT - 1;
+        assert!(!cut(&m));
+        // A cut read never joins a run (it is dropped before one starts).
+        let mut first = RecvMeta::default();
+        (first.len, first.stride) = (1200, 1200);
+        let mut full = first;
+        (full.len, full.stride) = (SLOT, SLOT);
+        assert_eq!(run_end(&[first, full], 0), 1);
+    }
+
     #[test]
     fn an_idle_flow_stays_small() {
         let size = std::mem::size_of::<Flow>();

@@ -600,6 +600,87 @@ fn udp_backend_names_are_resolved() {
     assert_eq!(c["udp_datagrams_to_client"], 9, "{c:?}");
 }
 
+/// SO_RCVBUF of the proxy's UDP socket bound to `port`, as the kernel
+/// reports it (twice the bytes it granted), read through a copy of the
+/// proxy's descriptor (pidfd_getfd).
+fn proxy_rcvbuf(proxy: &Proxy, port: u16) -> usize {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let pid = proxy.pid();
+    // SAFETY: pidfd_open on our child's pid, no flags; the fd is owned below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the proxy's fds");
+    for n in fds.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        // SAFETY: pidfd_getfd with a valid pidfd, no flags; the fd is owned below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let sock = socket2::SockRef::from(&fd);
+        let bound = sock.r#type().ok() == Some(socket2::Type::DGRAM)
+            && sock
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .is_some_and(|a| a.port() == port);
+        if bound {
+            return sock.recv_buffer_size().expect("SO_RCVBUF");
+        }
+    }
+    panic!("the proxy has no UDP socket on port {port}");
+}
+
+/// proxy.udp_receive_buffer sizes the UDP listener's receive buffer, up
+/// to net.core.rmem_max, which the proxy names when it caps the value;
+/// a reload applies a new size to a kept listener.
+#[test]
+fn udp_receive_buffer_sizes_the_listener() {
+    if !require_root("udp_receive_buffer_sizes_the_listener") {
+        return;
+    }
+    let ns = Netns::new("pxudprcv");
+    let rmem_max: usize = ns.sysctl("net.core.rmem_max").parse().expect("rmem_max");
+    let (dir, cfg) = udp_config("udprcv", "proxy:\n  udp_receive_buffer: 1MiB\n");
+    let proxy = Launch::new(&ns, &cfg).start();
+    let want = 1 << 20;
+    assert_eq!(proxy_rcvbuf(&proxy, 9443), 2 * want.min(rmem_max));
+    if rmem_max < want {
+        let line = proxy.expect_line("net.core.rmem_max", Duration::from_secs(5));
+        assert!(
+            line.contains(&format!("sysctl -w net.core.rmem_max={want}")),
+            "{line}"
+        );
+    }
+
+    let huge = 1 << 30;
+    assert!(
+        rmem_max < huge,
+        "this test needs net.core.rmem_max below 1 GiB"
+    );
+    write_config(
+        &dir,
+        "mappings:\n  - {listen: 9443, to: 8443, protocol: udp}\nproxy:\n  udp_receive_buffer: 1GiB\n",
+    );
+    proxy.signal(libc::SIGHUP);
+    let line = proxy.expect_line(
+        "sysctl -w net.core.rmem_max=1073741824",
+        Duration::from_secs(10),
+    );
+    assert!(
+        line.contains(&format!("net.core.rmem_max ({rmem_max})")),
+        "{line}"
+    );
+    assert_eq!(proxy_rcvbuf(&proxy, 9443), 2 * rmem_max);
+}
+
 /// SIGHUP adds a UDP mapping and removes it again; a live flow on a kept
 /// mapping goes on throughout.
 #[test]

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use quinn_udp::{EcnCodepoint, RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use rustix::event::epoll::{self, EventFlags};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{data, ms, usable_addresses, Engine, Entry, Resolve};
 use crate::mapping::{Listen, Mapping, TargetHost};
@@ -142,6 +142,8 @@ pub(super) struct Udp {
     /// A flow's socket could not be made, and that was logged: said once
     /// until a flow opens again (a flood would log every datagram).
     starved: bool,
+    /// The udp_receive_buffer the kernel capped, said once per value.
+    capped_said: usize,
 }
 
 impl Udp {
@@ -151,6 +153,7 @@ impl Udp {
             run: Vec::with_capacity(MAX_RUN),
             flows: 0,
             starved: false,
+            capped_said: 0,
         }
     }
 }
@@ -186,6 +189,21 @@ fn relay_options(sock: &UdpSocket, v6: bool) {
         );
         set(libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
     }
+}
+
+/// Ask for a receive buffer of `want` bytes, never shrinking a larger one
+/// (systemd's ReceiveBuffer=, or SO_RCVBUFFORCE by whoever made the
+/// socket). The kernel caps SO_RCVBUF at net.core.rmem_max and reports
+/// twice what it took (the other half is its bookkeeping): the bytes it
+/// took when that is less than `want`.
+fn receive_buffer(sock: &UdpSocket, want: usize) -> io::Result<Option<usize>> {
+    let s = socket2::SockRef::from(sock);
+    if s.recv_buffer_size()? / 2 >= want {
+        return Ok(None);
+    }
+    s.set_recv_buffer_size(want)?;
+    let took = s.recv_buffer_size()? / 2;
+    Ok((took < want).then_some(took))
 }
 
 /// The most payload gathered into one GSO send (the kernel refuses a
@@ -367,6 +385,7 @@ impl Engine {
         let state = UdpSocketState::new((&sock).into())?;
         relay_options(&sock, local.is_ipv6());
         let wildcard = local.ip().is_unspecified();
+        self.receive_buffer(&sock, local);
         let k = self.add_listening(sock, |sock, generation| {
             Entry::UdpListener(Box::new(UdpListener {
                 sock,
@@ -414,8 +433,48 @@ impl Engine {
         self.stats.udp.flows_active.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Re-check every flow's expiry against new settings.
+    /// Give a UDP listener the receive buffer proxy.udp_receive_buffer asks
+    /// for; say once per value when the kernel's rmem_max caps it, and how
+    /// to raise that (an unprivileged process cannot go past it).
+    fn receive_buffer(&mut self, sock: &UdpSocket, local: SocketAddr) {
+        let want = self.settings.udp_receive_buffer;
+        match receive_buffer(sock, want) {
+            Ok(None) => {}
+            Ok(Some(took)) => {
+                if std::mem::replace(&mut self.udp.capped_said, want) != want {
+                    let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+                        .map(|s| s.trim().to_owned())
+                        .unwrap_or_else(|_| "?".to_owned());
+                    info!(
+                        "UDP {local}: receive buffer {took} bytes, less than proxy.udp_receive_buffer \
+                         {want}: the kernel caps it at net.core.rmem_max ({max}); a burst larger than \
+                         the buffer is dropped. Raise the cap, e.g. `sysctl -w net.core.rmem_max={want}` \
+                         (and a file in /etc/sysctl.d/ to keep it), then reload"
+                    );
+                }
+            }
+            Err(e) => warn!("UDP {local}: cannot set the receive buffer: {e}"),
+        }
+    }
+
+    /// Re-check every flow's expiry, and every listener's receive buffer,
+    /// against new settings.
     pub(super) fn udp_settings_changed(&mut self) {
+        let listeners: Vec<(UdpSocket, SocketAddr)> = self
+            .entries
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Entry::UdpListener(l) => {
+                    let sock = l.sock.try_clone().ok()?;
+                    let local = sock.local_addr().ok()?;
+                    Some((sock, local))
+                }
+                _ => None,
+            })
+            .collect();
+        for (sock, local) in listeners {
+            self.receive_buffer(&sock, local);
+        }
         for k in self.keys(|e| matches!(e, Entry::Flow(_))) {
             self.flow_timer(k);
         }

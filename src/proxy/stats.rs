@@ -100,8 +100,10 @@ pub struct UdpStats {
     /// than any UDP payload); counted so that a kernel proving otherwise is
     /// seen.
     pub dropped_truncated: AtomicU64,
-    /// Sockets on which the kernel refused a GSO send (EIO, EINVAL: a device
-    /// without checksum offload), which then send datagram by datagram.
+    /// GSO sends the kernel refused, whose datagrams then went one by one:
+    /// EIO or EINVAL (a device that cannot segment; that socket sends
+    /// datagram by datagram from then on), EMSGSIZE (segments larger than
+    /// the MTU on the way out; single datagrams are fragmented).
     pub gso_fallbacks: AtomicU64,
 }
 

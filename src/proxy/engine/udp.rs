@@ -287,6 +287,7 @@ fn send(
     src_ip: Option<IpAddr>,
     meta: &RecvMeta,
     contents: &[u8],
+    gso_fallbacks: &std::sync::atomic::AtomicU64,
 ) -> (u64, u64) {
     let stride = if meta.stride == 0 {
         contents.len().max(1)
@@ -313,14 +314,34 @@ fn send(
         let mut tries = 0;
         let sent = loop {
             tries += 1;
-            match state.try_send(sock.into(), &t) {
+            let gso = state.max_gso_segments() > 1;
+            let r = state.try_send(sock.into(), &t);
+            let mut refused = false;
+            if let (Err(e), Some(_)) = (&r, segment_size) {
+                if gso && state.max_gso_segments() == 1 {
+                    // quinn-udp saw EIO or EINVAL (a device that cannot
+                    // segment, checksum offload off): once per socket.
+                    inc(gso_fallbacks);
+                    refused = true;
+                    info!(to = %unmap(destination), "UDP GSO send refused by the kernel ({e}): this socket sends datagram by datagram from now on");
+                } else if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                    // Segments larger than the way out's MTU (udp_send_skb;
+                    // EINVAL before Linux 6.10): sent one by one they are
+                    // fragmented, as a relay must. A matter of the
+                    // destination, not of the socket: GSO stays on.
+                    inc(gso_fallbacks);
+                    refused = true;
+                    debug!(to = %unmap(destination), "UDP GSO send refused by the kernel ({e}): its {stride}-byte datagrams sent one by one");
+                }
+            }
+            match r {
                 Ok(()) => break true,
                 // A connected socket reports an earlier ICMP error on the
                 // next call, and that call sends nothing: once more.
                 Err(e) if is_icmp_error(&e) && tries < 3 => icmp += 1,
-                // quinn-udp turned GSO off for this socket: send the
-                // segments one by one.
-                Err(_) if segment_size.is_some() && state.max_gso_segments() == 1 => {
+                // GSO refused (or turned off for this socket by quinn-udp
+                // earlier): send the segments one by one.
+                Err(_) if segment_size.is_some() && (refused || state.max_gso_segments() == 1) => {
                     let mut one_by_one = 0;
                     for seg in chunk.chunks(stride) {
                         let t1 = Transmit {
@@ -543,7 +564,15 @@ impl Engine {
             }
             _ => return,
         };
-        let (dropped, icmp) = send(&f.state, &f.sock, f.target, None, m, contents);
+        let (dropped, icmp) = send(
+            &f.state,
+            &f.sock,
+            f.target,
+            None,
+            m,
+            contents,
+            &self.stats.udp.gso_fallbacks,
+        );
         let n = datagrams(m);
         let s = &self.stats.udp;
         add(&s.datagrams_to_backend, n - dropped.min(n));
@@ -747,7 +776,7 @@ impl Engine {
         for (d, ecn) in held {
             let mut m = RecvMeta::default();
             (m.addr, m.len, m.stride, m.ecn) = (client, d.len(), d.len(), ecn);
-            let (dropped, icmp) = send(&f.state, &f.sock, target, None, &m, &d);
+            let (dropped, icmp) = send(&f.state, &f.sock, target, None, &m, &d, &s.gso_fallbacks);
             add(&s.datagrams_to_backend, 1 - dropped.min(1));
             add(&s.bytes_to_backend, d.len() as u64);
             add(&s.dropped_send, dropped);
@@ -827,7 +856,15 @@ impl Engine {
                 }
                 let end = run_end(&meta[..n], i);
                 let (m, contents) = gather(&meta, &slots, &mut run, i, end);
-                let (dropped, _) = send(&l.state, &l.sock, f.client, f.local, &m, contents);
+                let (dropped, _) = send(
+                    &l.state,
+                    &l.sock,
+                    f.client,
+                    f.local,
+                    &m,
+                    contents,
+                    &s.gso_fallbacks,
+                );
                 let count = datagrams(&m);
                 add(&s.datagrams_to_client, count - dropped.min(count));
                 add(&s.bytes_to_client, contents.len() as u64);

@@ -520,7 +520,7 @@ impl Engine {
     }
 
     /// Keep only the timers that can still fire: each live connection's
-    /// earliest, and the current back-off.
+    /// and flow's earliest, and the current back-off.
     fn compact_timers(&mut self) {
         let (entries, backoff) = (&self.entries, self.backoff_until);
         self.timers.retain(|&Reverse((due, key, generation))| {
@@ -530,6 +530,7 @@ impl Engine {
             match entries.get(key) {
                 Some(Entry::Conn(c)) => c.generation == generation && c.timer_at == due,
                 Some(Entry::Flow(f)) => f.generation == generation && f.timer_at == due,
+                Some(Entry::FlowResolving(r)) => r.generation == generation && r.timer_at == due,
                 _ => false,
             }
         });

@@ -694,6 +694,76 @@ fn udp_target(mapping: &Mapping, client: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ProxySettings;
+    use crate::mapping::{Protocol, ProxyProtocol, Target};
+    use crate::proxy::pipe::PipePool;
+    use crate::proxy::stats::Stats;
+    use std::num::NonZeroU16;
+    use std::time::Duration;
+
+    /// A flow to a name whose lookup never answers ends at connect_timeout,
+    /// also when the timer queue was compacted while it waited (compaction
+    /// keeps only the timers that can still fire: its timer is one).
+    #[test]
+    fn a_flow_whose_name_gets_no_answer_ends_at_connect_timeout() {
+        let front = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        let mapping = Arc::new(Mapping {
+            index: 0,
+            name: None,
+            listen: Listen {
+                addr: None,
+                port: NonZeroU16::new(front_addr.port()).expect("port"),
+            },
+            target: Target {
+                host: TargetHost::Name("hangs.lowport.test".to_owned()),
+                port: NonZeroU16::new(8443).expect("port"),
+            },
+            protocol: Protocol::Udp,
+            proxy_protocol: ProxyProtocol::Off,
+        });
+        let settings = ProxySettings {
+            connect_timeout: Duration::from_millis(200),
+            ..ProxySettings::default()
+        };
+        // The resolver: asked, never answers.
+        let (resolver, mut asked) = tokio::sync::mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let mut engine = Engine::new(
+            Arc::new(settings),
+            Arc::clone(&stats),
+            PipePool::new(4096),
+            resolver,
+        )
+        .expect("engine");
+        engine
+            .add_udp_listener(mapping.listen, mapping, front)
+            .expect("listener");
+        let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        client.send_to(b"hello", front_addr).expect("send");
+        let mut events = Vec::with_capacity(16);
+        let resolving = |e: &Engine| {
+            e.entries
+                .iter()
+                .any(|(_, e)| matches!(e, Entry::FlowResolving(_)))
+        };
+        for _ in 0..50 {
+            engine.turn(&mut events, Some(10)).expect("turn");
+            if resolving(&engine) {
+                break;
+            }
+        }
+        assert!(resolving(&engine), "no flow waits for the name");
+        assert!(asked.try_recv().is_ok(), "the resolver was not asked");
+        engine.compact_timers();
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while resolving(&engine) && std::time::Instant::now() < until {
+            engine.turn(&mut events, Some(50)).expect("turn");
+        }
+        assert!(!resolving(&engine), "still resolving after connect_timeout");
+        assert_eq!(stats.udp.dropped_unresolved.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.udp.flows_active.load(Ordering::Relaxed), 0);
+    }
 
     /// An idle flow is a socket, this entry and its slot in the listener's
     /// table: no buffer. The size is what a boxed entry costs on the heap.

@@ -50,7 +50,7 @@ Optional label (1\-64 letters, digits, \-, _, .), unique; shown in logs, rule co
 "[HOST:]PORT". No HOST: this machine. HOST is an address or a name (resolved when rules are applied; per connection in proxy mode).
 .TP
 .B protocol
-tcp (default), udp or both (TCP and UDP on the same port). In proxy mode a UDP mapping needs an address or no HOST in \fBto\fR, and no proxy_protocol.
+tcp (default), udp or both (TCP and UDP on the same port). In proxy mode a UDP mapping takes no proxy_protocol; a host name in \fBto\fR is resolved for each new flow, as for each TCP connection (its first datagrams wait for the answer, at most connect_timeout).
 .TP
 .B proxy_protocol
 Proxy mode: off (default), v1 or v2: send a PROXY protocol header with the client's address to the backend first.
@@ -84,6 +84,9 @@ End a UDP flow when no datagram went either way for this long (default 180s, lon
 .TP
 .B udp_max_flows
 UDP flows (client addresses) at once (default 16384, at most 1048576); above it datagrams from new clients are dropped and counted.
+.TP
+.B udp_receive_buffer
+The receive buffer asked for each UDP listening socket (SO_RCVBUF; default 4MiB, from 4KiB to 1GiB, in bytes or with KiB, MiB or GiB): what a burst of datagrams can fill before the kernel drops them. The kernel grants at most net.core.rmem_max (212992 bytes on many systems), and the proxy says so at start when it got less: raise it as root, e.g. \fBsysctl \-w net.core.rmem_max=4194304\fR and the same line in a file in /etc/sysctl.d/. A larger buffer already on the socket (systemd's ReceiveBuffer=) is kept.
 .PP
 .B rules:
 settings of \fBlowport rules\fR:

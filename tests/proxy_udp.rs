@@ -2,7 +2,8 @@
 //! migration, whole datagrams of every size, replies from the address the
 //! client sent to, IPv6, idle expiry, the flow cap, a backend that goes
 //! away and comes back, reloads, socket activation and `protocol: both`.
-//! The real binary, in a namespace, as `nobody`.
+//! The real binary, in a namespace, as `nobody`; the QUIC server is a
+//! process of its own, as `nobody` too (examples/quic_server.rs).
 
 mod common;
 mod proxy_support;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{require_root, retry_eintr, Netns};
+use common::{require_root, retry_eintr, runnable_by_anyone, Lan, Netns};
 use proxy_support::*;
 
 /// What the test backend does with a datagram, by its first byte.
@@ -539,6 +540,209 @@ fn backend_down_then_up_keeps_the_flow() {
     assert_eq!(backend.ports(), vec![port], "not the same flow");
 }
 
+/// The kernel refuses a GSO send whose segments, with their headers, do
+/// not fit the MTU on the way out (udp_send_skb: EMSGSIZE, EINVAL before
+/// Linux 6.10), as for a client behind a link with a smaller MTU than
+/// loopback's: the relay's batch of replies is refused, it sends the
+/// datagrams one by one (fragmented, as a relay must), says so and counts
+/// it, and every datagram of the batch arrives whole and in order.
+#[test]
+fn gso_refused_by_the_kernel_falls_back_to_single_datagrams() {
+    if !require_root("gso_refused_by_the_kernel_falls_back_to_single_datagrams") {
+        return;
+    }
+    let lan = Lan::new("pxgsomtu");
+    // 1200-byte segments need 1228 bytes with their IPv4 and UDP headers.
+    for ns in [&lan.host, &lan.remote] {
+        ns.ok("ip", &["link", "set", "eth0", "mtu", "1200"]);
+    }
+    let backend = Backend::start(&lan.host, "127.0.0.1:8443");
+    let (_dir, cfg) = udp_config("udpgsomtu", "");
+    let proxy = Launch::new(&lan.host, &cfg).start();
+    let to: SocketAddr = format!("{}:9443", Lan::HOST_V4).parse().expect("addr");
+    let s = client(&lan.remote, "0.0.0.0:0");
+    // The backend answers with one GSO send of 1200-byte segments; the
+    // relay reads it as one GRO batch and would send it on as one.
+    for round in 1..=2 {
+        let mut ask = datagram(round, 1, 6_100);
+        ask[0] = GSO;
+        s.send_to(&ask, to).expect("ask for a GSO answer");
+        for (i, seg) in ask.chunks(1200).enumerate() {
+            let (d, from) = recv(&s).unwrap_or_else(|e| panic!("round {round} segment {i}: {e}"));
+            assert_eq!(from, to);
+            assert_eq!(d, seg, "round {round} segment {i}");
+        }
+        assert!(
+            silent(&s, Duration::from_millis(300)),
+            "more datagrams than sent"
+        );
+    }
+    assert_eq!(backend.count(), 2);
+    let line = proxy.expect_line("UDP GSO send refused by the kernel", Duration::from_secs(5));
+    assert!(
+        line.contains("Message too long") || line.contains("Invalid argument"),
+        "{line}"
+    );
+    let c = counters(&proxy);
+    assert!(c["udp_gso_fallbacks"] >= 1, "{c:?}");
+    assert_eq!(c["udp_datagrams_to_client"], 12, "{c:?}");
+    assert_eq!(c["udp_dropped_send"], 0, "{c:?}");
+}
+
+/// A UDP target given by name is resolved for each new flow, as TCP's are
+/// for each connection: the first datagrams wait for the answer and then go
+/// out; a name that does not resolve drops the flow's datagrams, counted,
+/// with the reason in the log, and the proxy serves on.
+#[test]
+fn udp_backend_names_are_resolved() {
+    if !require_root("udp_backend_names_are_resolved") {
+        return;
+    }
+    let ns = Netns::new("pxudpname");
+    // Names only this namespace knows (`ip netns exec` mounts the file over
+    // /etc/hosts): a backend on 127.0.0.2, which no fallback to loopback
+    // would reach, and a name that is a multicast group, not a backend.
+    ns.etc_file(
+        "hosts",
+        "127.0.0.1 localhost\n127.0.0.2 backend.lowport.test\n224.0.0.9 group.lowport.test\n",
+    );
+    let backend = Backend::start(&ns, "127.0.0.2:8443");
+    let dir = temp_dir("udpname");
+    let cfg = write_config(
+        &dir,
+        "mappings:\n  - {listen: 9443, to: \"backend.lowport.test:8443\", protocol: udp}\n  - {listen: 9444, to: \"no-such-host.invalid:8443\", protocol: udp}\n  - {listen: 9445, to: \"group.lowport.test:8443\", protocol: udp}\nproxy:\n  connect_timeout: 3s\n",
+    );
+    let proxy = Launch::new(&ns, &cfg).start();
+    for flow in 0..3 {
+        let s = client(&ns, "127.0.0.1:0");
+        // Three datagrams at once: all wait for the lookup, none is lost.
+        let to: SocketAddr = "127.0.0.1:9443".parse().expect("addr");
+        let sent: Vec<Vec<u8>> = (0..3)
+            .map(|i| datagram(flow, i, 100 + i as usize))
+            .collect();
+        for d in &sent {
+            s.send_to(d, to).expect("send");
+        }
+        for d in &sent {
+            let (back, from) = recv(&s).expect("an answer through a name");
+            assert_eq!(from, to);
+            assert!(back == *d, "flow {flow}: datagram changed or out of order");
+        }
+    }
+    assert_eq!(backend.ports().len(), 3, "one flow per client");
+
+    let s = client(&ns, "127.0.0.1:0");
+    s.send_to(&datagram(9, 1, 10), "127.0.0.1:9444")
+        .expect("send");
+    let line = proxy.expect_line("no backend for a UDP flow", Duration::from_secs(10));
+    assert!(
+        line.contains("cannot resolve no-such-host.invalid"),
+        "{line}"
+    );
+    s.send_to(&datagram(9, 2, 10), "127.0.0.1:9445")
+        .expect("send");
+    let line = proxy.expect_line("no backend for a UDP flow", Duration::from_secs(10));
+    assert!(line.contains("224.0.0.9: a multicast address"), "{line}");
+    let c = counters(&proxy);
+    assert_eq!(c["udp_dropped_unresolved"], 2, "{c:?}");
+    assert_eq!(c["udp_flows_active"], 3, "{c:?}");
+    assert_eq!(c["udp_datagrams_to_backend"], 9, "{c:?}");
+    assert_eq!(c["udp_datagrams_to_client"], 9, "{c:?}");
+}
+
+/// SO_RCVBUF of the proxy's UDP socket bound to `port`, as the kernel
+/// reports it (twice the bytes it granted), read through a copy of the
+/// proxy's descriptor (pidfd_getfd).
+fn proxy_rcvbuf(proxy: &Proxy, port: u16) -> usize {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let pid = proxy.pid();
+    // SAFETY: pidfd_open on our child's pid, no flags; the fd is owned below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the proxy's fds");
+    for n in fds.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        // SAFETY: pidfd_getfd with a valid pidfd, no flags; the fd is owned below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let sock = socket2::SockRef::from(&fd);
+        let bound = sock.r#type().ok() == Some(socket2::Type::DGRAM)
+            && sock
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .is_some_and(|a| a.port() == port);
+        if bound {
+            return sock.recv_buffer_size().expect("SO_RCVBUF");
+        }
+    }
+    panic!("the proxy has no UDP socket on port {port}");
+}
+
+/// proxy.udp_receive_buffer sizes the UDP listener's receive buffer, up
+/// to net.core.rmem_max, which the proxy names when it caps the value;
+/// a reload applies a new size to a kept listener.
+#[test]
+fn udp_receive_buffer_sizes_the_listener() {
+    if !require_root("udp_receive_buffer_sizes_the_listener") {
+        return;
+    }
+    let ns = Netns::new("pxudprcv");
+    let rmem_max: usize = ns.sysctl("net.core.rmem_max").parse().expect("rmem_max");
+    let (dir, cfg) = udp_config("udprcv", "proxy:\n  udp_receive_buffer: 1MiB\n");
+    let proxy = Launch::new(&ns, &cfg).start();
+    let want = 1 << 20;
+    // The event loop takes the socket over just after the start-up line.
+    let expected = 2 * want.min(rmem_max);
+    assert!(
+        wait_until(Duration::from_secs(10), || proxy_rcvbuf(&proxy, 9443)
+            == expected),
+        "SO_RCVBUF {} is not {expected}",
+        proxy_rcvbuf(&proxy, 9443)
+    );
+    if rmem_max < want {
+        let line = proxy.expect_line("net.core.rmem_max", Duration::from_secs(5));
+        assert!(
+            line.contains(&format!("sysctl -w net.core.rmem_max={want}")),
+            "{line}"
+        );
+    }
+
+    let huge = 1 << 30;
+    assert!(
+        rmem_max < huge,
+        "this test needs net.core.rmem_max below 1 GiB"
+    );
+    write_config(
+        &dir,
+        "mappings:\n  - {listen: 9443, to: 8443, protocol: udp}\nproxy:\n  udp_receive_buffer: 1GiB\n",
+    );
+    proxy.signal(libc::SIGHUP);
+    let line = proxy.expect_line(
+        "sysctl -w net.core.rmem_max=1073741824",
+        Duration::from_secs(10),
+    );
+    assert!(
+        line.contains(&format!("net.core.rmem_max ({rmem_max})")),
+        "{line}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || proxy_rcvbuf(&proxy, 9443)
+            == 2 * rmem_max),
+        "SO_RCVBUF {} after the reload",
+        proxy_rcvbuf(&proxy, 9443)
+    );
+}
+
 /// SIGHUP adds a UDP mapping and removes it again; a live flow on a kept
 /// mapping goes on throughout.
 #[test]
@@ -690,7 +894,7 @@ fn quic_through_the_proxy_survives_migration() {
     if !require_root("quic_through_the_proxy_survives_migration") {
         return;
     }
-    let ns = Netns::new("pxquic");
+    let mut ns = Netns::new("pxquic");
     let dir = temp_dir("quic");
     let cfg = write_config(
         &dir,
@@ -718,9 +922,45 @@ fn quic_through_the_proxy_survives_migration() {
     );
     assert_eq!(field("NoNewPrivs"), "1", "{status}");
 
-    let server_sock = ns
-        .enter(|| UdpSocket::bind("127.0.0.1:8443"))
-        .expect("bind the QUIC server");
+    // The QUIC server: a process of its own, as nobody, on 8443/udp.
+    let mut server = ns
+        .command("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(runnable_by_anyone(&example_bin("quic_server")))
+        .arg("127.0.0.1:8443")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start the QUIC server");
+    let mut server_out = std::io::BufReader::new(server.stdout.take().expect("stdout"));
+    let server_pid = server.id();
+    ns.adopt(server);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut server_out, &mut line).expect("the server's first line");
+    let cert_hex = line
+        .trim()
+        .strip_prefix("ready ")
+        .unwrap_or_else(|| panic!("QUIC server did not start: {line:?}"));
+    let cert: Vec<u8> = (0..cert_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&cert_hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    let server_status =
+        std::fs::read_to_string(format!("/proc/{server_pid}/status")).expect("server status");
+    let uid = server_status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .expect("Uid");
+    assert!(
+        uid.split_whitespace().all(|u| u != "0"),
+        "the QUIC server runs as root: {uid}"
+    );
+
     let client_sock = ns
         .enter(|| UdpSocket::bind("127.0.0.1:0"))
         .expect("bind the QUIC client");
@@ -734,7 +974,7 @@ fn quic_through_the_proxy_survives_migration() {
     let result = rt.block_on(async move {
         tokio::time::timeout(
             Duration::from_secs(60),
-            quic_exchange(server_sock, client_sock, moved_sock),
+            quic_exchange(cert, client_sock, moved_sock),
         )
         .await
     });
@@ -743,51 +983,49 @@ fn quic_through_the_proxy_survives_migration() {
         Ok(Err(e)) => panic!("QUIC through the proxy: {e}\n{}", proxy.log_text()),
         Err(_) => panic!("QUIC through the proxy timed out\n{}", proxy.log_text()),
     }
+    // The server saw the six streams, and the client's move as a second
+    // address: the relay's new flow, from another port.
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut server_out, &mut line).expect("the server's last line");
+    let (handled, seen) = line
+        .trim()
+        .strip_prefix("handled ")
+        .and_then(|r| r.split_once(" from "))
+        .unwrap_or_else(|| panic!("QUIC server: {line:?}"));
+    assert_eq!(handled, "6", "{line}");
+    assert_eq!(seen.split(',').count(), 2, "{line}");
     let c = counters(&proxy);
     // The migration was a second flow (new client port), the first one's
     // datagrams stopped.
     assert_eq!(c["udp_flows_opened"], 2, "{c:?}");
 }
 
+/// Path of a test-only example binary (`examples/NAME.rs`, built by
+/// `cargo test`), next to the test binaries.
+fn example_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds it (or `cargo build --examples`)",
+        path.display()
+    );
+    path
+}
+
 async fn quic_exchange(
-    server_sock: UdpSocket,
+    cert: Vec<u8>,
     client_sock: UdpSocket,
     moved_sock: UdpSocket,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use quinn::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
-    let cert_der: CertificateDer<'static> = cert.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
-    let server_config = quinn::ServerConfig::with_single_cert(vec![cert_der.clone()], key)?;
     let runtime = quinn::default_runtime().ok_or("no quinn runtime")?;
-    let server = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_config),
-        server_sock,
-        Arc::clone(&runtime),
-    )?;
     let mut roots = quinn::rustls::RootCertStore::empty();
-    roots.add(cert_der)?;
+    roots.add(quinn::rustls::pki_types::CertificateDer::from(cert))?;
     let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
     let mut client =
         quinn::Endpoint::new(quinn::EndpointConfig::default(), None, client_sock, runtime)?;
     client.set_default_client_config(client_config);
-
-    // The server echoes every stream, reversed, so a reply cannot pass for
-    // the request.
-    let serve = tokio::spawn(async move {
-        let incoming = server.accept().await.ok_or("no incoming connection")?;
-        let conn = incoming.await?;
-        let mut handled = 0;
-        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let mut data = recv.read_to_end(1 << 22).await?;
-            data.reverse();
-            send.write_all(&data).await?;
-            send.finish()?;
-            handled += 1;
-        }
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(handled)
-    });
 
     let proxy: SocketAddr = "127.0.0.1:443".parse()?;
     let conn = client.connect(proxy, "localhost")?.await?;
@@ -827,9 +1065,5 @@ async fn quic_exchange(
     }
     conn.close(0u32.into(), b"done");
     client.wait_idle().await;
-    let handled = serve.await?.map_err(|e| format!("server: {e}"))?;
-    if handled != 6 {
-        return Err(format!("the server handled {handled} streams, not 6").into());
-    }
     Ok(())
 }

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ProxySettings};
-use crate::mapping::{Listen, Mapping, ProxyProtocol, TargetHost, L4};
+use crate::mapping::{Listen, Mapping, ProxyProtocol, L4};
 use crate::privilege::{self, DropReport, PrivilegeError, PrivilegeState};
 use engine::{Command, Engine, EngineHandle, Resolve};
 use pipe::PipePool;
@@ -82,8 +82,7 @@ impl ProxyError {
 }
 
 /// Can this configuration be served by the proxy? UDP can, but without a
-/// PROXY header (there is no stream to put it in front of) and only to an
-/// address (flows open on the event loop, which cannot wait on a lookup).
+/// PROXY header (there is no stream to put it in front of).
 pub fn validate_for_proxy(config: &Config) -> Result<(), ProxyError> {
     for m in &config.mappings {
         if !m.protocol.has_udp() {
@@ -95,12 +94,6 @@ pub fn validate_for_proxy(config: &Config) -> Result<(), ProxyError> {
                  `proxy_protocol: off`, or put the TCP side in a mapping of its own with \
                  `protocol: tcp`",
                 m.protocol
-            )));
-        }
-        if let TargetHost::Name(name) = &m.target.host {
-            return Err(ProxyError::Config(format!(
-                "{m}: `lowport proxy` sends UDP to an address, not to the host name \"{name}\"; \
-                 write the backend's IP address, or use `lowport rules apply`"
             )));
         }
     }
@@ -652,7 +645,7 @@ mod tests {
     }
 
     #[test]
-    fn udp_is_served_without_proxy_protocol_or_names() {
+    fn udp_is_served_without_proxy_protocol() {
         for p in [Protocol::Udp, Protocol::Both] {
             let config = Config {
                 mappings: vec![mapping(p)],
@@ -675,8 +668,7 @@ mod tests {
                 mappings: vec![m],
                 ..Default::default()
             };
-            let e = validate_for_proxy(&config).expect_err("UDP to a name refused");
-            assert!(e.to_string().contains("\"h3\""), "{e}");
+            assert!(validate_for_proxy(&config).is_ok(), "UDP to a name, {p}");
         }
         let mut tcp = mapping(Protocol::Tcp);
         tcp.proxy_protocol = ProxyProtocol::V2;

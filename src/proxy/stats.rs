@@ -91,6 +91,20 @@ pub struct UdpStats {
     /// Datagrams dropped because the kernel refused to send them (send
     /// buffer full, no route, too large for the path).
     pub dropped_send: AtomicU64,
+    /// Datagrams of a new flow whose backend name did not resolve to a
+    /// usable address, or that came while it was being resolved and found
+    /// the flow's small queue full.
+    pub dropped_unresolved: AtomicU64,
+    /// Reads that filled a whole receive slot, so might have been cut:
+    /// dropped, never relayed. Impossible by construction (a slot holds more
+    /// than any UDP payload); counted so that a kernel proving otherwise is
+    /// seen.
+    pub dropped_truncated: AtomicU64,
+    /// GSO sends the kernel refused, whose datagrams then went one by one:
+    /// EIO or EINVAL (a device that cannot segment; that socket sends
+    /// datagram by datagram from then on), EMSGSIZE (segments larger than
+    /// the MTU on the way out; single datagrams are fragmented).
+    pub gso_fallbacks: AtomicU64,
 }
 
 /// Add `n` to a counter.
@@ -137,6 +151,9 @@ impl Stats {
                 udp_dropped_max_flows = g(&u.dropped_max_flows),
                 udp_dropped_no_socket = g(&u.dropped_no_socket),
                 udp_dropped_send = g(&u.dropped_send),
+                udp_dropped_unresolved = g(&u.dropped_unresolved),
+                udp_dropped_truncated = g(&u.dropped_truncated),
+                udp_gso_fallbacks = g(&u.gso_fallbacks),
                 "udp counters ({when})"
             );
         }

@@ -14,7 +14,9 @@
 //!
 //! Datagrams travel whole by construction: every receive slot holds 64 KiB,
 //! more than any UDP payload (65,507 bytes over IPv4, 65,527 over IPv6) and
-//! than any batch that GRO coalesces (the kernel flushes one below 64 KiB).
+//! than any batch that GRO coalesces (the kernel flushes one below 64 KiB);
+//! a read that filled its slot anyway is dropped and counted
+//! (`udp_dropped_truncated`), never relayed.
 //! Nothing is queued: a datagram the kernel will not take now (send buffer
 //! full) is dropped and counted, as a router would, so an idle flow holds no
 //! buffer — a socket, its state and this table's entry.
@@ -24,26 +26,34 @@
 //! GRO batch of one sender's datagrams; such a batch leaves as one GSO send
 //! (UDP_SEGMENT) of the same segments, so the far end receives exactly the
 //! datagrams that were sent, never more. A socket whose kernel or device
-//! refuses GSO (EIO, EINVAL) falls back to single datagrams for good.
+//! refuses GSO (EIO, EINVAL) falls back to single datagrams for good; a
+//! batch refused for the MTU on the way out (EMSGSIZE) goes one datagram at
+//! a time. The sending and receiving itself is in [`datagram`].
+//!
+//! A flow to a host name opens resolving, without a socket: the control
+//! plane looks the name up, as for a TCP connection, and its first
+//! datagrams (a few) wait for the answer.
 
 use std::collections::HashMap;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use quinn_udp::{EcnCodepoint, RecvMeta, UdpSocketState, BATCH_SIZE};
 use rustix::event::epoll::{self, EventFlags};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::{data, ms, Engine, Entry};
+use super::{data, ms, usable_addresses, Engine, Entry, Resolve};
 use crate::mapping::{Listen, Mapping, TargetHost};
 use crate::proxy::proxy_protocol::unmap;
 use crate::proxy::stats::{add, inc};
+use datagram::{
+    cut, datagrams, flow_socket, gather, is_icmp_error, receive_buffer, relay_options, run_end,
+    send, slices, MAX_RUN, SLOT,
+};
 
-/// One receive slot: more than the largest UDP payload and than any GRO
-/// batch (the kernel's skb_gro_receive keeps one below 65,536 bytes).
-const SLOT: usize = 1 << 16;
+mod datagram;
 
 /// A UDP listening socket and the flows of its clients.
 pub(super) struct UdpListener {
@@ -76,6 +86,51 @@ pub(super) struct Flow {
     pub(super) timer_at: u64,
 }
 
+/// A new flow whose backend is a host name, while the control plane
+/// resolves it (as for a TCP connection: once per flow, so a name that
+/// moves is followed by new flows): no socket yet, and the client's first
+/// datagrams held, a few, to go out once it has one.
+pub(super) struct Resolving {
+    pub(super) generation: u32,
+    listener: (usize, u32),
+    client: SocketAddr,
+    local: Option<IpAddr>,
+    held: Vec<(Vec<u8>, Option<EcnCodepoint>)>,
+    held_bytes: usize,
+    pub(super) timer_at: u64,
+}
+
+/// What a resolving flow holds at most: enough for a QUIC handshake's
+/// first flight (a few 1,200-byte datagrams) or one datagram of any size.
+const HELD_DATAGRAMS: usize = 16;
+const HELD_BYTES: usize = 1 << 17;
+
+impl Resolving {
+    /// Hold the datagrams of one read; how many found no room.
+    fn hold(&mut self, m: &RecvMeta, contents: &[u8]) -> u64 {
+        let stride = if m.stride == 0 {
+            contents.len().max(1)
+        } else {
+            m.stride
+        };
+        let mut refused = 0;
+        let mut push = |d: &[u8]| {
+            if self.held.len() < HELD_DATAGRAMS && self.held_bytes + d.len() <= HELD_BYTES {
+                self.held_bytes += d.len();
+                self.held.push((d.to_vec(), m.ecn));
+            } else {
+                refused += 1;
+            }
+        };
+        if contents.is_empty() {
+            push(&[]);
+        } else {
+            contents.chunks(stride).for_each(push);
+        }
+        refused
+    }
+}
+
 /// The engine's UDP state: one set of receive slots for every socket.
 pub(super) struct Udp {
     slots: Box<[u8]>,
@@ -85,6 +140,8 @@ pub(super) struct Udp {
     /// A flow's socket could not be made, and that was logged: said once
     /// until a flow opens again (a flood would log every datagram).
     starved: bool,
+    /// The udp_receive_buffer the kernel capped, said once per value.
+    capped_said: usize,
 }
 
 impl Udp {
@@ -94,207 +151,9 @@ impl Udp {
             run: Vec::with_capacity(MAX_RUN),
             flows: 0,
             starved: false,
+            capped_said: 0,
         }
     }
-}
-
-/// A relay socket's options on top of what quinn-udp sets: fragment
-/// datagrams larger than the path's MTU instead of dropping them (QUIC
-/// forbids fragmentation for its own packets; a relay must deliver what an
-/// endpoint sent), and no receive timestamps (a cmsg per read, unused).
-fn relay_options(sock: &UdpSocket, v6: bool) {
-    let set = |level, name, value: libc::c_int| {
-        // SAFETY: setsockopt on a socket we own, with a c_int of the right size.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(sock),
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    set(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 0);
-    set(
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
-        libc::IP_PMTUDISC_WANT,
-    );
-    if v6 {
-        set(
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU_DISCOVER,
-            libc::IPV6_PMTUDISC_WANT,
-        );
-        set(libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
-    }
-}
-
-/// The most payload gathered into one GSO send (the kernel refuses a
-/// send whose UDP length would pass 65,535 bytes).
-const MAX_RUN: usize = 65_000;
-/// The most datagrams in one GSO send (the kernel's UDP_MAX_SEGMENTS).
-const MAX_RUN_DATAGRAMS: usize = 64;
-
-/// Where the run of reads that starts at `start` ends: single datagrams
-/// from one sender, to one address, with one ECN mark, all of the first's
-/// size but the last, which may be shorter. A recvmmsg batch from a busy
-/// client (loopback has no GRO) leaves as one GSO send instead of one
-/// sendmsg per datagram; the receiver still gets each datagram on its own.
-fn run_end(meta: &[RecvMeta], start: usize) -> usize {
-    let first = &meta[start];
-    if first.len == 0 || first.stride != first.len {
-        return start + 1;
-    }
-    let (mut end, mut total) = (start + 1, first.len);
-    while let Some(m) = meta.get(end) {
-        if m.addr != first.addr
-            || m.dst_ip != first.dst_ip
-            || m.ecn != first.ecn
-            || m.len == 0
-            || m.stride != m.len
-            || m.len > first.len
-            || total + m.len > MAX_RUN
-            || end - start >= MAX_RUN_DATAGRAMS
-        {
-            break;
-        }
-        total += m.len;
-        end += 1;
-        if m.len < first.len {
-            break;
-        }
-    }
-    end
-}
-
-/// The reads `start..end` of a batch as one read: the slot itself, or the
-/// datagrams gathered into `run`, with a meta that says their stride.
-fn gather<'a>(
-    meta: &[RecvMeta],
-    slots: &'a [u8],
-    run: &'a mut Vec<u8>,
-    start: usize,
-    end: usize,
-) -> (RecvMeta, &'a [u8]) {
-    let mut m = meta[start];
-    if end == start + 1 {
-        return (m, &slots[start * SLOT..start * SLOT + m.len]);
-    }
-    run.clear();
-    for (i, r) in meta.iter().enumerate().take(end).skip(start) {
-        run.extend_from_slice(&slots[i * SLOT..i * SLOT + r.len]);
-    }
-    m.stride = m.len;
-    m.len = run.len();
-    (m, run.as_slice())
-}
-
-/// How many datagrams a read holds: a GRO batch is `len / stride` rounded
-/// up; an empty datagram is one.
-fn datagrams(meta: &RecvMeta) -> u64 {
-    if meta.len == 0 || meta.stride == 0 {
-        1
-    } else {
-        meta.len.div_ceil(meta.stride) as u64
-    }
-}
-
-/// Send `contents` (`stride`-sized datagrams, the last maybe shorter) to
-/// `destination`. Returns how many datagrams the kernel refused and
-/// whether an ICMP error was reported on the way.
-fn send(
-    state: &UdpSocketState,
-    sock: &UdpSocket,
-    destination: SocketAddr,
-    src_ip: Option<IpAddr>,
-    meta: &RecvMeta,
-    contents: &[u8],
-) -> (u64, u64) {
-    let stride = if meta.stride == 0 {
-        contents.len().max(1)
-    } else {
-        meta.stride
-    };
-    let mut dropped = 0;
-    let mut icmp = 0;
-    let mut rest = contents;
-    loop {
-        // A GSO send holds at most max_gso_segments datagrams; 1 means
-        // none (refused before, or by this kernel).
-        let per_send = state.max_gso_segments().max(1);
-        let take = rest.len().min(stride.saturating_mul(per_send));
-        let (chunk, tail) = rest.split_at(take);
-        let segment_size = (chunk.len() > stride).then_some(stride);
-        let t = Transmit {
-            destination,
-            ecn: meta.ecn,
-            contents: chunk,
-            segment_size,
-            src_ip,
-        };
-        let mut tries = 0;
-        let sent = loop {
-            tries += 1;
-            match state.try_send(sock.into(), &t) {
-                Ok(()) => break true,
-                // A connected socket reports an earlier ICMP error on the
-                // next call, and that call sends nothing: once more.
-                Err(e) if is_icmp_error(&e) && tries < 3 => icmp += 1,
-                // quinn-udp turned GSO off for this socket: send the
-                // segments one by one.
-                Err(_) if segment_size.is_some() && state.max_gso_segments() == 1 => {
-                    let mut one_by_one = 0;
-                    for seg in chunk.chunks(stride) {
-                        let t1 = Transmit {
-                            segment_size: None,
-                            contents: seg,
-                            ..t.clone()
-                        };
-                        if state.try_send(sock.into(), &t1).is_err() {
-                            one_by_one += 1;
-                        }
-                    }
-                    dropped += one_by_one;
-                    break true;
-                }
-                Err(e) => {
-                    debug!(to = %unmap(destination), "UDP send: {e}; datagram(s) dropped");
-                    break false;
-                }
-            }
-        };
-        if !sent {
-            dropped += if chunk.is_empty() {
-                1
-            } else {
-                chunk.len().div_ceil(stride) as u64
-            };
-        }
-        if tail.is_empty() {
-            return (dropped, icmp);
-        }
-        rest = tail;
-    }
-}
-
-/// ICMP errors a connected UDP socket reports (port or host unreachable,
-/// and what the kernel makes of others).
-fn is_icmp_error(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNREFUSED)
-            | Some(libc::EHOSTUNREACH)
-            | Some(libc::ENETUNREACH)
-            | Some(libc::EPROTO)
-    )
-}
-
-/// The receive slots as quinn-udp wants them.
-fn slices(slots: &mut [u8]) -> [IoSliceMut<'_>; BATCH_SIZE] {
-    let mut it = slots.chunks_mut(SLOT);
-    std::array::from_fn(|_| IoSliceMut::new(it.next().unwrap_or_default()))
 }
 
 impl Engine {
@@ -309,6 +168,7 @@ impl Engine {
         let state = UdpSocketState::new((&sock).into())?;
         relay_options(&sock, local.is_ipv6());
         let wildcard = local.ip().is_unspecified();
+        self.receive_buffer(&sock, local);
         let k = self.add_listening(sock, |sock, generation| {
             Entry::UdpListener(Box::new(UdpListener {
                 sock,
@@ -342,7 +202,7 @@ impl Engine {
         for k in self.keys(|e| matches!(e, Entry::UdpListener(l) if which(l))) {
             if let Some(Entry::UdpListener(l)) = self.entries.try_remove(k) {
                 for flow in l.flows.into_values() {
-                    if let Some(Entry::Flow(_)) = self.entries.get(flow) {
+                    if let Some(Entry::Flow(_) | Entry::FlowResolving(_)) = self.entries.get(flow) {
                         self.entries.remove(flow);
                         self.flow_gone();
                     }
@@ -356,8 +216,48 @@ impl Engine {
         self.stats.udp.flows_active.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Re-check every flow's expiry against new settings.
+    /// Give a UDP listener the receive buffer proxy.udp_receive_buffer asks
+    /// for; say once per value when the kernel's rmem_max caps it, and how
+    /// to raise that (an unprivileged process cannot go past it).
+    fn receive_buffer(&mut self, sock: &UdpSocket, local: SocketAddr) {
+        let want = self.settings.udp_receive_buffer;
+        match receive_buffer(sock, want) {
+            Ok(None) => {}
+            Ok(Some(took)) => {
+                if std::mem::replace(&mut self.udp.capped_said, want) != want {
+                    let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+                        .map(|s| s.trim().to_owned())
+                        .unwrap_or_else(|_| "?".to_owned());
+                    info!(
+                        "UDP {local}: receive buffer {took} bytes, less than proxy.udp_receive_buffer \
+                         {want}: the kernel caps it at net.core.rmem_max ({max}); a burst larger than \
+                         the buffer is dropped. Raise the cap, e.g. `sysctl -w net.core.rmem_max={want}` \
+                         (and a file in /etc/sysctl.d/ to keep it), then reload"
+                    );
+                }
+            }
+            Err(e) => warn!("UDP {local}: cannot set the receive buffer: {e}"),
+        }
+    }
+
+    /// Re-check every flow's expiry, and every listener's receive buffer,
+    /// against new settings.
     pub(super) fn udp_settings_changed(&mut self) {
+        let listeners: Vec<(UdpSocket, SocketAddr)> = self
+            .entries
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Entry::UdpListener(l) => {
+                    let sock = l.sock.try_clone().ok()?;
+                    let local = sock.local_addr().ok()?;
+                    Some((sock, local))
+                }
+                _ => None,
+            })
+            .collect();
+        for (sock, local) in listeners {
+            self.receive_buffer(&sock, local);
+        }
         for k in self.keys(|e| matches!(e, Entry::Flow(_))) {
             self.flow_timer(k);
         }
@@ -386,6 +286,11 @@ impl Engine {
             };
             let mut i = 0;
             while i < n {
+                if cut(&meta[i]) {
+                    inc(&self.stats.udp.dropped_truncated);
+                    i += 1;
+                    continue;
+                }
                 let end = run_end(&meta[..n], i);
                 let (m, contents) = gather(&meta, &slots, &mut run, i, end);
                 self.client_datagrams(key, &m, contents);
@@ -409,10 +314,27 @@ impl Engine {
                 None => return,
             },
         };
-        let Some(Entry::Flow(f)) = self.entries.get(flow) else {
-            return;
+        let f = match self.entries.get_mut(flow) {
+            Some(Entry::Flow(f)) => f,
+            Some(Entry::FlowResolving(r)) => {
+                if local.is_some() {
+                    r.local = local;
+                }
+                let refused = r.hold(m, contents);
+                add(&self.stats.udp.dropped_unresolved, refused);
+                return;
+            }
+            _ => return,
         };
-        let (dropped, icmp) = send(&f.state, &f.sock, f.target, None, m, contents);
+        let (dropped, icmp) = send(
+            &f.state,
+            &f.sock,
+            f.target,
+            None,
+            m,
+            contents,
+            &self.stats.udp.gso_fallbacks,
+        );
         let n = datagrams(m);
         let s = &self.stats.udp;
         add(&s.datagrams_to_backend, n - dropped.min(n));
@@ -428,7 +350,8 @@ impl Engine {
     }
 
     /// Open a flow for `client` on listener `key`: None (the datagram is
-    /// dropped and counted) at udp_max_flows or without a socket.
+    /// dropped and counted) at udp_max_flows or without a socket. A flow to
+    /// a host name opens resolving, without a socket yet.
     fn open_flow(&mut self, key: usize, client: SocketAddr) -> Option<usize> {
         if self.udp.flows >= self.settings.udp_max_flows.get() {
             inc(&self.stats.udp.dropped_max_flows);
@@ -438,24 +361,66 @@ impl Engine {
         let Some(Entry::UdpListener(l)) = self.entries.get(key) else {
             return None;
         };
-        let target = udp_target(&l.mapping, client);
         let listener = (key, l.generation);
-        let label = l.mapping.label();
-        let sock = match flow_socket(target) {
-            Ok(s) => s,
-            Err((sock, e)) => {
-                inc(&self.stats.udp.dropped_no_socket);
-                if sock && !std::mem::replace(&mut self.udp.starved, true) {
-                    warn!(client = %unmap(client), mapping = %label, "no UDP socket for a new flow: {e}; datagrams from new clients are dropped (and counted) until one can be made");
-                } else {
-                    debug!(client = %unmap(client), mapping = %label, "UDP flow to {target}: {e}; datagram dropped");
-                }
-                return None;
-            }
+        let flow_key = if let TargetHost::Name(name) = &l.mapping.target.host {
+            let (name, port) = (name.clone(), l.mapping.target.port.get());
+            self.open_resolving(listener, client, name, port)?
+        } else {
+            let target = udp_target(&l.mapping, client);
+            let sock = self.flow_socket_or_count(client, target, 1)?;
+            let generation = self.generation();
+            let flow_key = self.entries.vacant_key();
+            let due = self.now + ms(self.settings.udp_idle_timeout);
+            self.install_flow(
+                flow_key, generation, listener, client, None, target, sock, due,
+            )?
         };
-        let generation = self.generation();
-        let entry = self.entries.vacant_entry();
-        let flow_key = entry.key();
+        if let Some(Entry::UdpListener(l)) = self.entries.get_mut(key) {
+            l.flows.insert(client, flow_key);
+        }
+        self.udp.flows += 1;
+        self.udp.starved = false;
+        inc(&self.stats.udp.flows_opened);
+        self.stats.udp.flows_active.fetch_add(1, Ordering::Relaxed);
+        Some(flow_key)
+    }
+
+    /// A flow's socket to `target`, or None with the error logged and the
+    /// `datagrams` that were to go on it counted.
+    fn flow_socket_or_count(
+        &mut self,
+        client: SocketAddr,
+        target: SocketAddr,
+        datagrams: u64,
+    ) -> Option<(UdpSocket, UdpSocketState)> {
+        match flow_socket(target) {
+            Ok(s) => Some(s),
+            Err((sock, e)) => {
+                add(&self.stats.udp.dropped_no_socket, datagrams);
+                if sock && !std::mem::replace(&mut self.udp.starved, true) {
+                    warn!(client = %unmap(client), "no UDP socket for a new flow: {e}; datagrams from new clients are dropped (and counted) until one can be made");
+                } else {
+                    debug!(client = %unmap(client), "UDP flow to {target}: {e}; datagram dropped");
+                }
+                None
+            }
+        }
+    }
+
+    /// Watch a flow's socket and store the flow at `flow_key` (a vacant
+    /// key, or the key its resolving entry held), its timer due at `due`.
+    #[allow(clippy::too_many_arguments)]
+    fn install_flow(
+        &mut self,
+        flow_key: usize,
+        generation: u32,
+        listener: (usize, u32),
+        client: SocketAddr,
+        local: Option<IpAddr>,
+        target: SocketAddr,
+        sock: (UdpSocket, UdpSocketState),
+        due: u64,
+    ) -> Option<usize> {
         if let Err(e) = epoll::add(
             &self.epoll,
             &sock.0,
@@ -466,29 +431,150 @@ impl Engine {
             warn!(client = %unmap(client), "cannot watch a new UDP flow's socket: {e}");
             return None;
         }
-        let due = self.now + ms(self.settings.udp_idle_timeout);
-        entry.insert(Entry::Flow(Box::new(Flow {
+        let flow = Entry::Flow(Box::new(Flow {
             sock: sock.0,
             state: sock.1,
             generation,
             listener,
             client,
             target,
-            local: None,
+            local,
             last_active: self.now,
             timer_at: due,
-        })));
+        }));
+        match self.entries.get_mut(flow_key) {
+            Some(e) => *e = flow,
+            None => {
+                let k = self.entries.insert(flow);
+                debug_assert_eq!(k, flow_key);
+            }
+        }
         self.timers
             .push(std::cmp::Reverse((due, flow_key, generation)));
-        if let Some(Entry::UdpListener(l)) = self.entries.get_mut(key) {
-            l.flows.insert(client, flow_key);
-        }
-        self.udp.flows += 1;
-        self.udp.starved = false;
-        inc(&self.stats.udp.flows_opened);
-        self.stats.udp.flows_active.fetch_add(1, Ordering::Relaxed);
-        debug!(client = %unmap(client), mapping = %label, "UDP flow opened to {target}");
+        debug!(client = %unmap(client), "UDP flow opened to {target}");
         Some(flow_key)
+    }
+
+    /// A flow to a host name: ask the control plane for its addresses, and
+    /// hold the client's datagrams until they come.
+    fn open_resolving(
+        &mut self,
+        listener: (usize, u32),
+        client: SocketAddr,
+        name: String,
+        port: u16,
+    ) -> Option<usize> {
+        let generation = self.generation();
+        // As for a TCP connection: no longer than a backend that does not
+        // answer would be waited for.
+        let due = self.now + ms(self.settings.connect_timeout);
+        let key = self
+            .entries
+            .insert(Entry::FlowResolving(Box::new(Resolving {
+                generation,
+                listener,
+                client,
+                local: None,
+                held: Vec::new(),
+                held_bytes: 0,
+                timer_at: due,
+            })));
+        let asked = self.resolver.send(Resolve {
+            conn: key,
+            generation,
+            name,
+            port,
+        });
+        if asked.is_err() {
+            self.entries.remove(key);
+            inc(&self.stats.udp.dropped_unresolved);
+            warn!(client = %unmap(client), "no backend for a UDP flow: name resolution is not available");
+            return None;
+        }
+        self.timers.push(std::cmp::Reverse((due, key, generation)));
+        Some(key)
+    }
+
+    /// The answer for a resolving flow: connect it to the first usable
+    /// address (a connected UDP socket learns nothing of the backend, so
+    /// there is no next address to fall back to) and send what it held.
+    pub(super) fn flow_resolved(
+        &mut self,
+        key: usize,
+        generation: u32,
+        addrs: Result<Vec<SocketAddr>, String>,
+    ) {
+        let Some(Entry::FlowResolving(r)) = self.entries.get(key) else {
+            return;
+        };
+        if r.generation != generation {
+            return;
+        }
+        let target = match addrs.and_then(usable_addresses) {
+            Ok(a) => a[0],
+            Err(why) => return self.flow_unresolved(key, &why),
+        };
+        let (listener, client, local, due) = (r.listener, r.client, r.local, r.timer_at);
+        let held = r.held.len() as u64;
+        let Some(sock) = self.flow_socket_or_count(client, target, held) else {
+            return self.resolving_gone(key);
+        };
+        let Some(Entry::FlowResolving(r)) = self.entries.get_mut(key) else {
+            return;
+        };
+        let held = std::mem::take(&mut r.held);
+        // The resolving entry's timer (connect_timeout) becomes the flow's
+        // first: it fires, finds the flow active, and queues the next.
+        if self
+            .install_flow(key, generation, listener, client, local, target, sock, due)
+            .is_none()
+        {
+            return self.resolving_gone(key);
+        }
+        let Some(Entry::Flow(f)) = self.entries.get(key) else {
+            return;
+        };
+        let s = &self.stats.udp;
+        for (d, ecn) in held {
+            let mut m = RecvMeta::default();
+            (m.addr, m.len, m.stride, m.ecn) = (client, d.len(), d.len(), ecn);
+            let (dropped, icmp) = send(&f.state, &f.sock, target, None, &m, &d, &s.gso_fallbacks);
+            add(&s.datagrams_to_backend, 1 - dropped.min(1));
+            add(&s.bytes_to_backend, d.len() as u64);
+            add(&s.dropped_send, dropped);
+            add(&s.icmp_errors, icmp);
+        }
+    }
+
+    /// A resolving flow's name gave no usable address (or no answer came):
+    /// its datagrams are dropped and counted, and the flow ends; the
+    /// client's next datagram tries again.
+    pub(super) fn flow_unresolved(&mut self, key: usize, why: &str) {
+        let Some(Entry::FlowResolving(r)) = self.entries.get(key) else {
+            return;
+        };
+        let mapping = match self.entries.get(r.listener.0) {
+            Some(Entry::UdpListener(l)) => l.mapping.label(),
+            _ => String::new(),
+        };
+        let client = r.client;
+        // Counted before it is logged: the log is what a reader waits for.
+        add(&self.stats.udp.dropped_unresolved, r.held.len() as u64);
+        self.resolving_gone(key);
+        warn!(client = %unmap(client), mapping = %mapping, "no backend for a UDP flow: {why}; its datagrams are dropped");
+    }
+
+    /// Remove a resolving flow that will not open.
+    fn resolving_gone(&mut self, key: usize) {
+        let Some(Entry::FlowResolving(r)) = self.entries.try_remove(key) else {
+            return;
+        };
+        self.flow_gone();
+        if let Some(Entry::UdpListener(l)) = self.entries.get_mut(r.listener.0) {
+            if l.generation == r.listener.1 && l.flows.get(&r.client) == Some(&key) {
+                l.flows.remove(&r.client);
+            }
+        }
     }
 
     /// Read what the backend sent on a flow until none is left, and send
@@ -525,9 +611,22 @@ impl Engine {
             let s = &self.stats.udp;
             let mut i = 0;
             while i < n {
+                if cut(&meta[i]) {
+                    inc(&s.dropped_truncated);
+                    i += 1;
+                    continue;
+                }
                 let end = run_end(&meta[..n], i);
                 let (m, contents) = gather(&meta, &slots, &mut run, i, end);
-                let (dropped, _) = send(&l.state, &l.sock, f.client, f.local, &m, contents);
+                let (dropped, _) = send(
+                    &l.state,
+                    &l.sock,
+                    f.client,
+                    f.local,
+                    &m,
+                    contents,
+                    &s.gso_fallbacks,
+                );
                 let count = datagrams(&m);
                 add(&s.datagrams_to_client, count - dropped.min(count));
                 add(&s.bytes_to_client, contents.len() as u64);
@@ -580,7 +679,8 @@ fn udp_target(mapping: &Mapping, client: SocketAddr) -> SocketAddr {
     let port = mapping.target.port.get();
     match &mapping.target.host {
         TargetHost::Ip(ip) => SocketAddr::new(*ip, port),
-        // Refused by validate_for_proxy; loopback keeps this total.
+        // A name is resolved first (`open_resolving`); loopback keeps
+        // this total.
         TargetHost::Local | TargetHost::Name(_) => {
             if unmap(client).is_ipv6() {
                 SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
@@ -591,26 +691,79 @@ fn udp_target(mapping: &Mapping, client: SocketAddr) -> SocketAddr {
     }
 }
 
-/// A socket connected to `target` from an ephemeral port. The error says
-/// whether the socket itself could not be made (out of descriptors).
-fn flow_socket(target: SocketAddr) -> Result<(UdpSocket, UdpSocketState), (bool, io::Error)> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(
-        Domain::for_address(target),
-        Type::DGRAM.nonblocking().cloexec(),
-        Some(Protocol::UDP),
-    )
-    .map_err(|e| (true, e))?;
-    sock.connect(&target.into()).map_err(|e| (false, e))?;
-    let sock: UdpSocket = sock.into();
-    let state = UdpSocketState::new((&sock).into()).map_err(|e| (false, e))?;
-    relay_options(&sock, target.is_ipv6());
-    Ok((sock, state))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ProxySettings;
+    use crate::mapping::{Protocol, ProxyProtocol, Target};
+    use crate::proxy::pipe::PipePool;
+    use crate::proxy::stats::Stats;
+    use std::num::NonZeroU16;
+    use std::time::Duration;
+
+    /// A flow to a name whose lookup never answers ends at connect_timeout,
+    /// also when the timer queue was compacted while it waited (compaction
+    /// keeps only the timers that can still fire: its timer is one).
+    #[test]
+    fn a_flow_whose_name_gets_no_answer_ends_at_connect_timeout() {
+        let front = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        let mapping = Arc::new(Mapping {
+            index: 0,
+            name: None,
+            listen: Listen {
+                addr: None,
+                port: NonZeroU16::new(front_addr.port()).expect("port"),
+            },
+            target: Target {
+                host: TargetHost::Name("hangs.lowport.test".to_owned()),
+                port: NonZeroU16::new(8443).expect("port"),
+            },
+            protocol: Protocol::Udp,
+            proxy_protocol: ProxyProtocol::Off,
+        });
+        let settings = ProxySettings {
+            connect_timeout: Duration::from_millis(200),
+            ..ProxySettings::default()
+        };
+        // The resolver: asked, never answers.
+        let (resolver, mut asked) = tokio::sync::mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let mut engine = Engine::new(
+            Arc::new(settings),
+            Arc::clone(&stats),
+            PipePool::new(4096),
+            resolver,
+        )
+        .expect("engine");
+        engine
+            .add_udp_listener(mapping.listen, mapping, front)
+            .expect("listener");
+        let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        client.send_to(b"hello", front_addr).expect("send");
+        let mut events = Vec::with_capacity(16);
+        let resolving = |e: &Engine| {
+            e.entries
+                .iter()
+                .any(|(_, e)| matches!(e, Entry::FlowResolving(_)))
+        };
+        for _ in 0..50 {
+            engine.turn(&mut events, Some(10)).expect("turn");
+            if resolving(&engine) {
+                break;
+            }
+        }
+        assert!(resolving(&engine), "no flow waits for the name");
+        assert!(asked.try_recv().is_ok(), "the resolver was not asked");
+        engine.compact_timers();
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while resolving(&engine) && std::time::Instant::now() < until {
+            engine.turn(&mut events, Some(50)).expect("turn");
+        }
+        assert!(!resolving(&engine), "still resolving after connect_timeout");
+        assert_eq!(stats.udp.dropped_unresolved.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.udp.flows_active.load(Ordering::Relaxed), 0);
+    }
 
     /// An idle flow is a socket, this entry and its slot in the listener's
     /// table: no buffer. The size is what a boxed entry costs on the heap.

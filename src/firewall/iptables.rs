@@ -405,12 +405,7 @@ impl Iptables {
             let mut t = TableText::new("raw", &now.raw);
             if rules.loopback_guard {
                 t.declare(CHAIN_GUARD);
-                t.rule(
-                    CHAIN_GUARD,
-                    &format!(
-                        "! -i lo -d 127.0.0.0/8 -m comment --comment \"{GUARD_COMMENT}\" -j DROP"
-                    ),
-                );
+                t.rule(CHAIN_GUARD, &guard_rule_spec());
             }
             t.finish(&mut out);
         }
@@ -620,6 +615,13 @@ fn nat_rule_spec(r: &NatRule, seq: usize) -> String {
     s
 }
 
+/// Drop what comes for 127.0.0.0/8 from anywhere but `lo`: with
+/// route_localnet on, the DNAT to a loopback backend would otherwise let
+/// other hosts reach every loopback service.
+fn guard_rule_spec() -> String {
+    format!("! -i lo -d 127.0.0.0/8 -m comment --comment \"{GUARD_COMMENT}\" -j DROP")
+}
+
 /// Masquerade only what lowport translated (`--ctstate DNAT`), so other
 /// traffic to the same target keeps its source address.
 fn masq_rule_spec(m: &MasqRule, seq: usize) -> String {
@@ -703,7 +705,7 @@ fn tokenize(line: &str) -> Vec<String> {
 }
 
 /// One of lowport's rules, decoded from its words.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Decoded {
     daddr: Option<(IpAddr, u8)>,
     not_lo: bool,
@@ -783,11 +785,14 @@ fn decode_states(states: &[(Family, FamilyState)]) -> Result<Option<RuleSet>, Fi
         for (chain, rest) in state.nat.rules.iter().chain(&state.raw.rules) {
             let foreign = || FirewallError::Foreign(format!("-A {chain} {rest}"));
             let d = decode(rest).ok_or_else(foreign)?;
+            // Each rule is read for its values, then written again as
+            // lowport would write it: only a rule whose every word decodes
+            // the same (prefix length, addrtype, conntrack state, `! -i lo`,
+            // target options…) is lowport's; anything else someone added or
+            // changed makes it foreign.
+            let written_as = |spec: String| decode(&spec).is_some_and(|w| w == d);
             if chain == CHAIN_GUARD {
-                let ok = d.not_lo
-                    && d.daddr == Some(("127.0.0.0".parse().map_err(|_| foreign())?, 8))
-                    && d.target.as_deref() == Some("DROP");
-                if !ok {
+                if !written_as(guard_rule_spec()) {
                     return Err(foreign());
                 }
                 guard = true;
@@ -799,36 +804,28 @@ fn decode_states(states: &[(Family, FamilyState)]) -> Result<Option<RuleSet>, Fi
                 .and_then(split_comment)
                 .ok_or_else(foreign)?;
             let (l4, dport) = (d.l4.ok_or_else(foreign)?, d.dport.ok_or_else(foreign)?);
-            let daddr = match d.daddr {
-                None => None,
-                Some((ip, len)) if len == if ip.is_ipv4() { 32 } else { 128 } => Some(ip),
-                Some(_) => return Err(foreign()),
-            };
+            let daddr = d.daddr.map(|(ip, _)| ip);
             if chain == CHAIN_POSTROUTING {
-                let (Some(daddr), true, Some("MASQUERADE")) =
-                    (daddr, d.ct_dnat, d.target.as_deref())
-                else {
-                    return Err(foreign());
+                let m = MasqRule {
+                    daddr: daddr.ok_or_else(foreign)?,
+                    l4,
+                    dport,
+                    comment: label,
                 };
-                masq.insert(
-                    seq,
-                    MasqRule {
-                        daddr,
-                        l4,
-                        dport,
-                        comment: label,
-                    },
-                );
+                if !written_as(masq_rule_spec(&m, seq)) {
+                    return Err(foreign());
+                }
+                masq.insert(seq, m);
                 continue;
             }
             let hook = match chain.as_str() {
-                CHAIN_PREROUTING if !d.local => Hook::Prerouting,
-                CHAIN_OUTPUT if d.local => Hook::Output,
+                CHAIN_PREROUTING => Hook::Prerouting,
+                CHAIN_OUTPUT => Hook::Output,
                 _ => return Err(foreign()),
             };
             let action = match (d.target.as_deref(), d.to_ports, d.to_dest) {
-                (Some("REDIRECT"), Some(port), None) => NatAction::Redirect { port },
-                (Some("DNAT"), None, Some(to)) => NatAction::Dnat {
+                (Some("REDIRECT"), Some(port), _) => NatAction::Redirect { port },
+                (Some("DNAT"), _, Some(to)) => NatAction::Dnat {
                     addr: to.ip(),
                     port: to.port(),
                 },
@@ -843,6 +840,9 @@ fn decode_states(states: &[(Family, FamilyState)]) -> Result<Option<RuleSet>, Fi
                 action,
                 comment: label,
             };
+            if !written_as(nat_rule_spec(&rule, seq)) {
+                return Err(foreign());
+            }
             nat.entry(seq).or_default().push((*family, rule));
         }
     }
@@ -1205,6 +1205,313 @@ mod tests {
         );
         // Nothing changed: nothing to send (raw untouched above as well).
         assert_eq!(render_rollback(&before, &before), "");
+    }
+
+    /// Decode what `iptables-save` would print for these restore inputs
+    /// (IPv4, IPv6) as `rules show` does.
+    fn listed(v4: &str, v6: &str) -> Result<Option<RuleSet>, FirewallError> {
+        decode_states(&[(Family::V4, as_saved(v4)), (Family::V6, as_saved(v6))])
+    }
+
+    /// lowport's own rules, then the same text with `from` replaced by
+    /// `to` in `family`'s input: the edited rules must not be taken for
+    /// lowport's.
+    fn edit_is_foreign(rs: &RuleSet, family: Family, from: &str, to: &str) {
+        let ipt = Iptables::new(IptablesFlavor::Nft);
+        let mut v4 = ipt.render_family(rs, Family::V4, &FamilyState::default());
+        let mut v6 = ipt.render_family(rs, Family::V6, &FamilyState::default());
+        assert_eq!(listed(&v4, &v6).unwrap().as_ref(), Some(rs));
+        let text = if family == Family::V4 {
+            &mut v4
+        } else {
+            &mut v6
+        };
+        assert!(text.contains(from), "`{from}` not in\n{text}");
+        *text = text.replacen(from, to, 1);
+        match listed(&v4, &v6) {
+            Err(FirewallError::Foreign(_)) => {}
+            other => panic!("`{from}` → `{to}` gave {other:?}, not Foreign"),
+        }
+    }
+
+    fn dnat(addr: &str, port: u16) -> NatAction {
+        NatAction::Dnat {
+            addr: addr.parse().unwrap(),
+            port,
+        }
+    }
+
+    #[test]
+    fn a_lowport_rule_edited_by_one_attribute_is_foreign() {
+        let mut to_host = rule(Hook::Prerouting, Some(Family::V4), dnat("10.0.0.9", 8080));
+        to_host.daddr = Some("10.0.0.1".parse().unwrap());
+        let mut to_host6 = rule(Hook::Prerouting, Some(Family::V6), dnat("fd00::9", 8080));
+        to_host6.daddr = Some("fd00::1".parse().unwrap());
+        let rs = RuleSet {
+            nat: vec![
+                to_host,
+                to_host6,
+                rule(Hook::Output, None, NatAction::Redirect { port: 8080 }),
+            ],
+            masquerade: vec![MasqRule {
+                daddr: "10.0.0.9".parse().unwrap(),
+                l4: L4::Tcp,
+                dport: 8080,
+                comment: "far".into(),
+            }],
+            loopback_guard: true,
+        };
+        let v4 = Family::V4;
+        // A destination network instead of the one address.
+        edit_is_foreign(&rs, v4, "-d 10.0.0.1/32", "-d 10.0.0.1/24");
+        edit_is_foreign(&rs, Family::V6, "-d fd00::1/128", "-d fd00::1/64");
+        edit_is_foreign(&rs, v4, "-d 10.0.0.9/32 -p tcp", "-d 10.0.0.9/31 -p tcp");
+        // Local clients for every destination, or remote ones for local only.
+        edit_is_foreign(&rs, v4, "-m addrtype --dst-type LOCAL ", "");
+        edit_is_foreign(
+            &rs,
+            v4,
+            "-A LOWPORT-PREROUTING -d 10.0.0.1/32 ",
+            "-A LOWPORT-PREROUTING -d 10.0.0.1/32 -m addrtype --dst-type LOCAL ",
+        );
+        // Masquerade for all traffic to the target, not only lowport's.
+        edit_is_foreign(&rs, v4, "-m conntrack --ctstate DNAT ", "");
+        edit_is_foreign(&rs, v4, "-j MASQUERADE", "-j ACCEPT");
+        // The guard: another network, also from lo, or accepting.
+        edit_is_foreign(&rs, v4, "127.0.0.0/8", "127.0.0.0/16");
+        edit_is_foreign(&rs, v4, "! -i lo ", "");
+        edit_is_foreign(&rs, v4, "! -i lo ", "-i lo ");
+        edit_is_foreign(&rs, v4, "-j DROP", "-j ACCEPT");
+        // Other matches or actions lowport never writes.
+        edit_is_foreign(
+            &rs,
+            v4,
+            "-p tcp -m tcp --dport 80",
+            "-p tcp -m tcp ! --dport 80",
+        );
+        edit_is_foreign(
+            &rs,
+            v4,
+            "-p tcp -m tcp --dport 80",
+            "-p sctp -m sctp --dport 80",
+        );
+        edit_is_foreign(&rs, v4, "-j REDIRECT --to-ports 8080", "-j REDIRECT");
+        edit_is_foreign(
+            &rs,
+            v4,
+            "-j REDIRECT --to-ports 8080",
+            "-j DNAT --to-ports 8080",
+        );
+        edit_is_foreign(
+            &rs,
+            v4,
+            "-j DNAT --to-destination 10.0.0.9:8080",
+            "-j REDIRECT --to-destination 10.0.0.9:8080",
+        );
+        edit_is_foreign(&rs, v4, "\"far [0]\"", "far");
+        edit_is_foreign(&rs, v4, "-j MASQUERADE", "-j MASQUERADE --to-ports 9");
+    }
+
+    #[test]
+    fn the_same_number_in_both_families_is_one_rule_only_when_they_agree() {
+        let both = RuleSet {
+            nat: vec![rule(
+                Hook::Prerouting,
+                None,
+                NatAction::Redirect { port: 8080 },
+            )],
+            ..RuleSet::default()
+        };
+        let ipt = Iptables::new(IptablesFlavor::Nft);
+        let v4 = ipt.render_family(&both, Family::V4, &FamilyState::default());
+        let v6 = ipt.render_family(&both, Family::V6, &FamilyState::default());
+        assert_eq!(listed(&v4, &v6).unwrap(), Some(both));
+
+        // Different ports under the same number: not one rule for both.
+        let v6_other = v6.replace("--to-ports 8080", "--to-ports 9090");
+        assert!(matches!(
+            listed(&v4, &v6_other),
+            Err(FirewallError::Foreign(_))
+        ));
+        // The same rule twice in one family.
+        let twice = v4.replace(
+            "COMMIT",
+            "-A LOWPORT-PREROUTING -p tcp -m tcp --dport 80 -m comment --comment \"web [0]\" -j REDIRECT --to-ports 8080\nCOMMIT",
+        );
+        assert!(matches!(listed(&twice, ""), Err(FirewallError::Foreign(_))));
+        // One family only: that family's rule.
+        assert_eq!(
+            listed(&v4, "").unwrap().unwrap().nat,
+            vec![rule(
+                Hook::Prerouting,
+                Some(Family::V4),
+                NatAction::Redirect { port: 8080 }
+            )]
+        );
+    }
+
+    #[test]
+    fn rules_keep_their_comment_and_position() {
+        let ipt = Iptables::new(IptablesFlavor::Nft);
+        let text = "*nat\n:LOWPORT-PREROUTING - [0:0]\n\
+            -A LOWPORT-PREROUTING -p udp -m udp --dport 443 -m comment --comment \"my site [1]\" -j REDIRECT --to-ports 8443\n\
+            -A LOWPORT-PREROUTING -p tcp -m tcp --dport 80 -m comment --comment \"web [0]\" -j REDIRECT --to-ports 8080\nCOMMIT\n";
+        let rs = listed(text, "").unwrap().unwrap();
+        let comments: Vec<(&str, L4, u16)> = rs
+            .nat
+            .iter()
+            .map(|r| (r.comment.as_str(), r.l4, r.dport))
+            .collect();
+        assert_eq!(comments, [("web", L4::Tcp, 80), ("my site", L4::Udp, 443)]);
+        // And the comment is written back the same way.
+        let again = ipt.render_family(&rs, Family::V4, &FamilyState::default());
+        assert!(again.contains("--comment \"my site [1]\""), "{again}");
+        // A rule without its number, or with no comment at all, is not ours.
+        for bad in ["\"my site\"", "\"my site [x]\"", "\"my site 1]\""] {
+            let t = text.replace("\"my site [1]\"", bad);
+            assert!(listed(&t, "").is_err(), "{bad}");
+        }
+        let t = text.replace("-m comment --comment \"my site [1]\" ", "");
+        assert!(listed(&t, "").is_err());
+    }
+
+    #[test]
+    fn jumps_come_from_the_builtin_chain_of_the_same_name() {
+        let rs = sample();
+        let ipt = Iptables::new(IptablesFlavor::Nft);
+        let v4 = ipt.render_family(&rs, Family::V4, &FamilyState::default());
+        let v6 = ipt.render_family(&rs, Family::V6, &FamilyState::default());
+        let jumps = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with("-I "))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(
+            jumps(&v4),
+            [
+                "-I PREROUTING 1 -m comment --comment lowport -j LOWPORT-GUARD",
+                "-I PREROUTING 1 -m comment --comment lowport -j LOWPORT-PREROUTING",
+                "-I OUTPUT 1 -m comment --comment lowport -j LOWPORT-OUTPUT",
+            ]
+        );
+        // The masquerade target is IPv6: its chain is in the IPv6 input only.
+        assert_eq!(
+            jumps(&v6),
+            [
+                "-I PREROUTING 1 -m comment --comment lowport -j LOWPORT-PREROUTING",
+                "-I OUTPUT 1 -m comment --comment lowport -j LOWPORT-OUTPUT",
+                "-I POSTROUTING 1 -m comment --comment lowport -j LOWPORT-POSTROUTING",
+            ]
+        );
+    }
+
+    #[test]
+    fn each_family_gets_only_its_own_rules() {
+        let rs = sample();
+        let ipt = Iptables::new(IptablesFlavor::Nft);
+        let v4 = ipt.render_family(&rs, Family::V4, &FamilyState::default());
+        let v6 = ipt.render_family(&rs, Family::V6, &FamilyState::default());
+        assert!(
+            v4.starts_with("# ipv4: iptables-nft-restore -w --noflush\n"),
+            "{v4}"
+        );
+        assert!(
+            v6.starts_with("# ipv6: ip6tables-nft-restore -w --noflush\n"),
+            "{v6}"
+        );
+        // The guard is IPv4 only.
+        assert!(v4.contains("*raw\n") && !v6.contains("*raw"), "{v6}");
+        assert!(!v6.contains("127.0.0.0"), "{v6}");
+        // [0] is IPv6 only, [1] and [3] IPv4 only, [2] both.
+        for (text, has, lacks) in [
+            (&v4, ["[1]", "[2]", "[3]"], ["[0]", "h3 [0]", "fd00::5"]),
+            (
+                &v6,
+                ["web [0]", "[2]", "h3 [0]"],
+                ["[1]", "[3]", "127.0.0.1"],
+            ),
+        ] {
+            for h in has {
+                assert!(text.contains(h), "{h} missing in\n{text}");
+            }
+            for l in lacks {
+                assert!(!text.contains(l), "{l} in\n{text}");
+            }
+        }
+        // No guard and nothing of it left: no raw table at all; a guard
+        // left from before: the raw table, to remove it.
+        let no_guard = RuleSet {
+            loopback_guard: false,
+            ..sample()
+        };
+        let v4 = ipt.render_family(&no_guard, Family::V4, &FamilyState::default());
+        assert!(!v4.contains("*raw"), "{v4}");
+        let had_guard = FamilyState {
+            raw: parse_save(
+                ":LOWPORT-GUARD - [0:0]\n-A PREROUTING -m comment --comment lowport -j LOWPORT-GUARD\n",
+            ),
+            ..FamilyState::default()
+        };
+        let v4 = ipt.render_family(&no_guard, Family::V4, &had_guard);
+        assert!(
+            v4.contains("*raw\n-D PREROUTING -m comment --comment lowport -j LOWPORT-GUARD\n-F LOWPORT-GUARD\n-X LOWPORT-GUARD\nCOMMIT\n"),
+            "{v4}"
+        );
+    }
+
+    #[test]
+    fn saved_words_honour_quotes_and_escaped_quotes() {
+        assert_eq!(
+            tokenize(r#"-m comment --comment "say \"hi\" [0]"  -j	X"#),
+            vec!["-m", "comment", "--comment", r#"say "hi" [0]"#, "-j", "X"]
+        );
+        // An empty quoted word is a word; a backslash elsewhere is kept.
+        assert_eq!(
+            tokenize(r#"--comment "" -j a\b "c\d""#),
+            vec!["--comment", "", "-j", r"a\b", r"c\d"]
+        );
+        assert_eq!(tokenize("  "), Vec::<String>::new());
+        // Through the decoder: the comment keeps its quotes, and the words
+        // after it are still read as words (not taken into the comment).
+        let d = decode(
+            r#"-p tcp -m comment --comment "a \"b -j DROP\" [0]" -j REDIRECT --to-ports 8080"#,
+        )
+        .unwrap();
+        assert_eq!(d.comment.as_deref(), Some(r#"a "b -j DROP" [0]"#));
+        assert_eq!(
+            (d.target.as_deref(), d.to_ports),
+            (Some("REDIRECT"), Some(8080))
+        );
+        // lowport never writes a quote (names cannot hold one): foreign.
+        let text = "*nat\n:LOWPORT-PREROUTING - [0:0]\n\
+            -A LOWPORT-PREROUTING -p tcp -m tcp --dport 80 -m comment --comment \"say \\\"hi\\\" [0]\" -j REDIRECT --to-ports 8080\nCOMMIT\n";
+        assert!(matches!(listed(text, ""), Err(FirewallError::Foreign(_))));
+    }
+
+    #[test]
+    fn only_lowport_chains_and_jumps_to_them_are_picked_out() {
+        let st = parse_save(
+            ":PREROUTING ACCEPT [0:0]\n:LOWPORT-PREROUTING - [0:0]\n:OTHER - [0:0]\n\
+             -A PREROUTING -p tcp -j OTHER\n\
+             -A PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING\n\
+             -A OUTPUT -g LOWPORT-OUTPUT\n\
+             -A OUTPUT -m comment --comment LOWPORT-OUTPUT -j ACCEPT\n\
+             -A OTHER -j LOWPORTX\n\
+             -A LOWPORT-PREROUTING -j RETURN\n",
+        );
+        assert_eq!(st.chains, ["LOWPORT-PREROUTING"]);
+        assert_eq!(
+            st.jumps,
+            [
+                "PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING",
+                "OUTPUT -g LOWPORT-OUTPUT",
+            ]
+        );
+        assert_eq!(
+            st.rules,
+            [("LOWPORT-PREROUTING".to_owned(), "-j RETURN".to_owned())]
+        );
     }
 
     #[test]

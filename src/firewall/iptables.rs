@@ -597,4 +597,43 @@ mod tests {
         }
         st
     }
+
+    /// The nat and raw tables as `iptables-save` would print them after
+    /// this restore input.
+    fn saved_tables(input: &str) -> (String, String) {
+        let (mut nat, mut raw) = (String::new(), String::new());
+        let mut into_raw = false;
+        for line in input.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                into_raw = t == "raw";
+                continue;
+            }
+            let out = if into_raw { &mut raw } else { &mut nat };
+            if line.starts_with(':') || line.starts_with("-A ") {
+                out.push_str(line);
+                out.push('\n');
+            } else if let Some(rest) = line.strip_prefix("-I ") {
+                out.push_str(&format!("-A {}\n", rest.replacen(" 1 ", " ", 1)));
+            }
+        }
+        (nat, raw)
+    }
+
+    /// The fuzz targets and their seeds go through these two: they must
+    /// render and decode as the backend does.
+    #[test]
+    fn the_fuzzing_entry_points_render_and_decode_like_the_backend() {
+        let rs = sample();
+        let inputs = restore_input_for_fuzzing(&rs);
+        let families: Vec<Family> = inputs.iter().map(|(f, _)| *f).collect();
+        assert_eq!(families, [Family::V4, Family::V6]);
+        assert!(inputs[0].1.contains("*raw\n") && inputs[1].1.contains("*nat\n"));
+        let (v4_nat, v4_raw) = saved_tables(&inputs[0].1);
+        let (v6_nat, _) = saved_tables(&inputs[1].1);
+        assert_eq!(
+            decode_save_for_fuzzing(&v4_nat, &v4_raw, &v6_nat),
+            Ok(Some(rs))
+        );
+        assert_eq!(decode_save_for_fuzzing("", "", ""), Ok(None));
+    }
 }

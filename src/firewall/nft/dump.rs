@@ -581,6 +581,13 @@ mod tests {
         );
         let short = with_attr(&value, IMMEDIATE_DATA, &short_code);
         assert!(matches!(decoded("immediate", &short), Expr::Other(_)));
+        // A verdict that names a chain (4 bytes, like a code) is not one.
+        let chain_only = nla(
+            IMMEDIATE_DATA | NESTED,
+            &nla(NFTA_DATA_VERDICT | NESTED, &nla(2, b"abc\0")),
+        );
+        let chain = with_attr(&value, IMMEDIATE_DATA, &chain_only);
+        assert!(matches!(decoded("immediate", &chain), Expr::Other(_)));
         let no_data = [u32_attr(IMMEDIATE_DREG, 0)].concat();
         assert!(matches!(decoded("immediate", &no_data), Expr::Other(_)));
     }

@@ -34,16 +34,24 @@
 //! Debian's default) and `iptables-legacy` (the old x_tables). They are
 //! different kernels' tables, so the flavour must be the one the host's
 //! other rules use; see [`IptablesFlavor::detect`].
+//!
+//! This file runs the tools and holds the backend; `parse` reads
+//! `iptables-save` output, `render` writes the restore input, `decode`
+//! rebuilds the [`RuleSet`] from what was read.
 
-use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::io::{self, Write as _};
-use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
-use super::plan::{Family, Hook, MasqRule, NatAction, NatRule, RuleSet};
+mod decode;
+mod parse;
+mod render;
+
+use self::decode::decode_states;
+use self::parse::{parse_save, FamilyState, TableState};
+use self::render::render_rollback;
+use super::plan::{Family, RuleSet};
 use super::{Backend, FirewallError};
-use crate::mapping::L4;
 
 /// Chain for remote clients (nat `PREROUTING`).
 pub const CHAIN_PREROUTING: &str = "LOWPORT-PREROUTING";
@@ -273,37 +281,6 @@ pub struct Iptables {
     reject_next_restore: Option<Family>,
 }
 
-/// What of lowport's is in one table of one family now.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct TableState {
-    /// lowport's chains that exist.
-    chains: Vec<String>,
-    /// Rules outside lowport's chains that jump into them, as `iptables-save`
-    /// prints them after `-A ` (`PREROUTING -m comment … -j LOWPORT-…`).
-    jumps: Vec<String>,
-    /// Rules inside lowport's chains: (chain, rest of the line).
-    rules: Vec<(String, String)>,
-}
-
-impl TableState {
-    fn is_empty(&self) -> bool {
-        self.chains.is_empty() && self.jumps.is_empty()
-    }
-}
-
-/// The tables lowport uses in one family.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct FamilyState {
-    nat: TableState,
-    raw: TableState,
-}
-
-impl FamilyState {
-    fn is_empty(&self) -> bool {
-        self.nat.is_empty() && self.raw.is_empty()
-    }
-}
-
 impl Iptables {
     /// The backend for an explicit flavour.
     pub fn new(flavor: IptablesFlavor) -> Iptables {
@@ -393,69 +370,6 @@ impl Iptables {
         Ok(())
     }
 
-    /// The restore input for one family, given what is there now.
-    fn render_family(&self, rules: &RuleSet, family: Family, now: &FamilyState) -> String {
-        let mut out = format!(
-            "# {}: {} -w --noflush\n",
-            family,
-            self.flavor.tool(family, "restore")
-        );
-        // raw: the guard, IPv4 only.
-        if family == Family::V4 && (rules.loopback_guard || !now.raw.is_empty()) {
-            let mut t = TableText::new("raw", &now.raw);
-            if rules.loopback_guard {
-                t.declare(CHAIN_GUARD);
-                t.rule(
-                    CHAIN_GUARD,
-                    &format!(
-                        "! -i lo -d 127.0.0.0/8 -m comment --comment \"{GUARD_COMMENT}\" -j DROP"
-                    ),
-                );
-            }
-            t.finish(&mut out);
-        }
-        // nat: both DNAT chains always (so an empty rule set still reads
-        // back as installed), masquerade when a remote target needs it.
-        let mut t = TableText::new("nat", &now.nat);
-        t.declare(CHAIN_PREROUTING);
-        t.declare(CHAIN_OUTPUT);
-        let masq: Vec<(usize, &MasqRule)> = rules
-            .masquerade
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| Family::of(m.daddr) == family)
-            .collect();
-        if !masq.is_empty() {
-            t.declare(CHAIN_POSTROUTING);
-        }
-        for (seq, r) in rules.nat.iter().enumerate() {
-            if r.family.is_some_and(|f| f != family) {
-                continue;
-            }
-            let chain = match r.hook {
-                Hook::Prerouting => CHAIN_PREROUTING,
-                Hook::Output => CHAIN_OUTPUT,
-            };
-            t.rule(chain, &nat_rule_spec(r, seq));
-        }
-        for (seq, m) in masq {
-            t.rule(CHAIN_POSTROUTING, &masq_rule_spec(m, seq));
-        }
-        t.finish(&mut out);
-        out
-    }
-
-    fn render_all(
-        &self,
-        rules: &RuleSet,
-        states: &[(Family, FamilyState)],
-    ) -> Vec<(Family, String)> {
-        states
-            .iter()
-            .map(|(family, now)| (*family, self.render_family(rules, *family, now)))
-            .collect()
-    }
-
     /// Put back what `previous` says each family held, where it changed.
     fn roll_back(&self, previous: &[(Family, FamilyState)]) -> io::Result<()> {
         for (family, before) in previous {
@@ -476,411 +390,6 @@ impl Iptables {
             .map(|f| Ok((f, self.read_state(f)?)))
             .collect()
     }
-}
-
-/// One `*table … COMMIT` block being written: declarations, rules, then
-/// the jumps (old ones deleted, new ones inserted at position 1), then the
-/// removal of lowport's chains that are no longer needed.
-struct TableText<'a> {
-    table: &'static str,
-    now: &'a TableState,
-    declared: Vec<&'static str>,
-    rules: Vec<String>,
-}
-
-impl<'a> TableText<'a> {
-    fn new(table: &'static str, now: &'a TableState) -> Self {
-        TableText {
-            table,
-            now,
-            declared: Vec::new(),
-            rules: Vec::new(),
-        }
-    }
-
-    fn declare(&mut self, chain: &'static str) {
-        self.declared.push(chain);
-    }
-
-    fn rule(&mut self, chain: &str, spec: &str) {
-        self.rules.push(format!("-A {chain} {spec}"));
-    }
-
-    fn finish(self, out: &mut String) {
-        let _ = writeln!(out, "*{}", self.table);
-        for chain in &self.declared {
-            // Creates the chain, or (with --noflush) empties it.
-            let _ = writeln!(out, ":{chain} - [0:0]");
-        }
-        for r in &self.rules {
-            let _ = writeln!(out, "{r}");
-        }
-        for jump in &self.now.jumps {
-            let _ = writeln!(out, "-D {jump}");
-        }
-        for chain in &self.declared {
-            let _ = writeln!(
-                out,
-                "-I {} 1 -m comment --comment {JUMP_COMMENT} -j {chain}",
-                builtin_chain_for(chain)
-            );
-        }
-        for chain in &self.now.chains {
-            if !self.declared.contains(&chain.as_str()) {
-                let _ = writeln!(out, "-F {chain}");
-                let _ = writeln!(out, "-X {chain}");
-            }
-        }
-        let _ = writeln!(out, "COMMIT");
-    }
-}
-
-/// Restore input that turns the tables from `now` back into `before`: the
-/// chains lowport had, with their rules as `iptables-save` printed them, and
-/// their jumps at the head of the built-in chains, where lowport puts them.
-fn render_rollback(before: &FamilyState, now: &FamilyState) -> String {
-    let mut out = String::new();
-    for (table, before, now) in [
-        ("raw", &before.raw, &now.raw),
-        ("nat", &before.nat, &now.nat),
-    ] {
-        if before == now {
-            continue;
-        }
-        let _ = writeln!(out, "*{table}");
-        for chain in &before.chains {
-            // Creates the chain, or (with --noflush) empties it.
-            let _ = writeln!(out, ":{chain} - [0:0]");
-        }
-        for jump in &now.jumps {
-            let _ = writeln!(out, "-D {jump}");
-        }
-        for chain in &now.chains {
-            if !before.chains.contains(chain) {
-                let _ = writeln!(out, "-F {chain}\n-X {chain}");
-            }
-        }
-        for (chain, rest) in &before.rules {
-            let _ = writeln!(out, "-A {chain} {rest}");
-        }
-        for jump in before.jumps.iter().rev() {
-            let (chain, rest) = jump.split_once(' ').unwrap_or((jump, ""));
-            let _ = writeln!(out, "-I {chain} 1 {rest}");
-        }
-        let _ = writeln!(out, "COMMIT");
-    }
-    out
-}
-
-/// The built-in chain that jumps to one of lowport's.
-fn builtin_chain_for(chain: &str) -> &'static str {
-    match chain {
-        CHAIN_OUTPUT => "OUTPUT",
-        CHAIN_POSTROUTING => "POSTROUTING",
-        _ => "PREROUTING",
-    }
-}
-
-/// The comment of rule number `seq` of mapping `label`.
-fn rule_comment(label: &str, seq: usize) -> String {
-    format!("{label} [{seq}]")
-}
-
-/// `-d 10.0.0.1/32 -p tcp -m tcp --dport 80 [-m addrtype --dst-type LOCAL]
-/// -m comment --comment "web [0]" -j REDIRECT --to-ports 8080`
-fn nat_rule_spec(r: &NatRule, seq: usize) -> String {
-    let mut s = String::new();
-    if let Some(d) = r.daddr {
-        let _ = write!(s, "-d {} ", host_prefix(d));
-    }
-    let _ = write!(s, "-p {l4} -m {l4} --dport {} ", r.dport, l4 = r.l4);
-    if r.hook == Hook::Output {
-        // Local clients only when the destination is this host: without
-        // this, the host's own connections to port 80 elsewhere would be
-        // redirected to its backend.
-        s.push_str("-m addrtype --dst-type LOCAL ");
-    }
-    let _ = write!(
-        s,
-        "-m comment --comment \"{}\" ",
-        rule_comment(&r.comment, seq)
-    );
-    match r.action {
-        NatAction::Redirect { port } => {
-            let _ = write!(s, "-j REDIRECT --to-ports {port}");
-        }
-        NatAction::Dnat { addr, port } => {
-            let _ = write!(
-                s,
-                "-j DNAT --to-destination {}",
-                std::net::SocketAddr::new(addr, port)
-            );
-        }
-    }
-    s
-}
-
-/// Masquerade only what lowport translated (`--ctstate DNAT`), so other
-/// traffic to the same target keeps its source address.
-fn masq_rule_spec(m: &MasqRule, seq: usize) -> String {
-    format!(
-        "-d {} -p {l4} -m {l4} --dport {} -m conntrack --ctstate DNAT -m comment --comment \"{}\" -j MASQUERADE",
-        host_prefix(m.daddr),
-        m.dport,
-        rule_comment(&m.comment, seq),
-        l4 = m.l4
-    )
-}
-
-fn host_prefix(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(a) => format!("{a}/32"),
-        IpAddr::V6(a) => format!("{a}/128"),
-    }
-}
-
-/// Pick lowport's chains, their rules and the jumps to them out of one
-/// table's `iptables-save` output.
-fn parse_save(text: &str) -> TableState {
-    let mut state = TableState::default();
-    for line in text.lines() {
-        if let Some(decl) = line.strip_prefix(':') {
-            let name = decl.split_whitespace().next().unwrap_or_default();
-            if name.starts_with(CHAIN_PREFIX) {
-                state.chains.push(name.to_owned());
-            }
-        } else if let Some(rule) = line.strip_prefix("-A ") {
-            let (chain, rest) = rule.split_once(' ').unwrap_or((rule, ""));
-            if chain.starts_with(CHAIN_PREFIX) {
-                state.rules.push((chain.to_owned(), rest.to_owned()));
-            } else if rest
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .windows(2)
-                .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1].starts_with(CHAIN_PREFIX))
-            {
-                state.jumps.push(rule.to_owned());
-            }
-        }
-    }
-    state
-}
-
-/// Split an `iptables-save` rule into words, honouring double quotes (and
-/// `\"` inside them).
-fn tokenize(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                in_word = true;
-            }
-            '\\' if quoted && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            c if c.is_whitespace() && !quoted => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    words
-}
-
-/// One of lowport's rules, decoded from its words.
-#[derive(Debug, Default)]
-struct Decoded {
-    daddr: Option<(IpAddr, u8)>,
-    not_lo: bool,
-    l4: Option<L4>,
-    dport: Option<u16>,
-    local: bool,
-    ct_dnat: bool,
-    comment: Option<String>,
-    target: Option<String>,
-    to_ports: Option<u16>,
-    to_dest: Option<std::net::SocketAddr>,
-}
-
-fn decode(rest: &str) -> Option<Decoded> {
-    let words = tokenize(rest);
-    let mut d = Decoded::default();
-    let mut i = 0;
-    let mut negate = false;
-    while i < words.len() {
-        let w = words[i].as_str();
-        let arg = words.get(i + 1).map(String::as_str);
-        i += 2;
-        match (w, arg, negate) {
-            ("!", _, false) => {
-                negate = true;
-                i -= 1;
-                continue;
-            }
-            ("-i", Some("lo"), true) => d.not_lo = true,
-            ("-d", Some(a), false) => {
-                let (ip, len) = a.split_once('/').unwrap_or((a, ""));
-                let ip: IpAddr = ip.parse().ok()?;
-                let full = if ip.is_ipv4() { 32 } else { 128 };
-                let len = if len.is_empty() {
-                    full
-                } else {
-                    len.parse().ok()?
-                };
-                d.daddr = Some((ip, len));
-            }
-            ("-p", Some("tcp"), false) => d.l4 = Some(L4::Tcp),
-            ("-p", Some("udp"), false) => d.l4 = Some(L4::Udp),
-            ("-m", Some("tcp" | "udp" | "addrtype" | "comment" | "conntrack"), false) => {}
-            ("--dport", Some(p), false) => d.dport = Some(p.parse().ok()?),
-            ("--dst-type", Some("LOCAL"), false) => d.local = true,
-            ("--ctstate", Some("DNAT"), false) => d.ct_dnat = true,
-            ("--comment", Some(c), false) => d.comment = Some(c.to_owned()),
-            ("-j", Some(t), false) => d.target = Some(t.to_owned()),
-            ("--to-ports", Some(p), false) => d.to_ports = Some(p.parse().ok()?),
-            ("--to-destination", Some(a), false) => d.to_dest = Some(a.parse().ok()?),
-            _ => return None,
-        }
-        negate = false;
-    }
-    Some(d)
-}
-
-/// `web [3]` → ("web", 3).
-fn split_comment(c: &str) -> Option<(String, usize)> {
-    let (label, seq) = c.strip_suffix(']')?.rsplit_once(" [")?;
-    Some((label.to_owned(), seq.parse().ok()?))
-}
-
-/// Rebuild a [`RuleSet`] from both families' tables; `Foreign` for any rule
-/// in lowport's chains that it would not have written.
-fn decode_states(states: &[(Family, FamilyState)]) -> Result<Option<RuleSet>, FirewallError> {
-    if states
-        .iter()
-        .all(|(_, s)| s.nat.chains.is_empty() && s.raw.chains.is_empty())
-    {
-        return Ok(None);
-    }
-    let mut nat: BTreeMap<usize, Vec<(Family, NatRule)>> = BTreeMap::new();
-    let mut masq: BTreeMap<usize, MasqRule> = BTreeMap::new();
-    let mut guard = false;
-    for (family, state) in states {
-        for (chain, rest) in state.nat.rules.iter().chain(&state.raw.rules) {
-            let foreign = || FirewallError::Foreign(format!("-A {chain} {rest}"));
-            let d = decode(rest).ok_or_else(foreign)?;
-            if chain == CHAIN_GUARD {
-                let ok = d.not_lo
-                    && d.daddr == Some(("127.0.0.0".parse().map_err(|_| foreign())?, 8))
-                    && d.target.as_deref() == Some("DROP");
-                if !ok {
-                    return Err(foreign());
-                }
-                guard = true;
-                continue;
-            }
-            let (label, seq) = d
-                .comment
-                .as_deref()
-                .and_then(split_comment)
-                .ok_or_else(foreign)?;
-            let (l4, dport) = (d.l4.ok_or_else(foreign)?, d.dport.ok_or_else(foreign)?);
-            let daddr = match d.daddr {
-                None => None,
-                Some((ip, len)) if len == if ip.is_ipv4() { 32 } else { 128 } => Some(ip),
-                Some(_) => return Err(foreign()),
-            };
-            if chain == CHAIN_POSTROUTING {
-                let (Some(daddr), true, Some("MASQUERADE")) =
-                    (daddr, d.ct_dnat, d.target.as_deref())
-                else {
-                    return Err(foreign());
-                };
-                masq.insert(
-                    seq,
-                    MasqRule {
-                        daddr,
-                        l4,
-                        dport,
-                        comment: label,
-                    },
-                );
-                continue;
-            }
-            let hook = match chain.as_str() {
-                CHAIN_PREROUTING if !d.local => Hook::Prerouting,
-                CHAIN_OUTPUT if d.local => Hook::Output,
-                _ => return Err(foreign()),
-            };
-            let action = match (d.target.as_deref(), d.to_ports, d.to_dest) {
-                (Some("REDIRECT"), Some(port), None) => NatAction::Redirect { port },
-                (Some("DNAT"), None, Some(to)) => NatAction::Dnat {
-                    addr: to.ip(),
-                    port: to.port(),
-                },
-                _ => return Err(foreign()),
-            };
-            let rule = NatRule {
-                hook,
-                family: Some(*family),
-                daddr,
-                l4,
-                dport,
-                action,
-                comment: label,
-            };
-            nat.entry(seq).or_default().push((*family, rule));
-        }
-    }
-    let mut rules = RuleSet {
-        loopback_guard: guard,
-        ..RuleSet::default()
-    };
-    for (seq, mut copies) in nat {
-        let rule = match copies.len() {
-            1 => copies.remove(0).1,
-            // The same position in both families is one rule for both.
-            2 if {
-                let (a, b) = (&copies[0].1, &copies[1].1);
-                copies[0].0 != copies[1].0
-                    && NatRule {
-                        family: None,
-                        ..a.clone()
-                    } == NatRule {
-                        family: None,
-                        ..b.clone()
-                    }
-            } =>
-            {
-                NatRule {
-                    family: None,
-                    ..copies.remove(0).1
-                }
-            }
-            _ => {
-                return Err(FirewallError::Foreign(format!(
-                    "two different rules are numbered [{seq}]"
-                )))
-            }
-        };
-        rules.nat.push(rule);
-    }
-    rules.masquerade = masq.into_values().collect();
-    Ok(Some(rules))
 }
 
 /// For fuzzing: parse `iptables-save` output as if it were each table of
@@ -1013,11 +522,14 @@ impl Backend for Iptables {
     }
 }
 
+/// Shared by the tests of render, decode and parse.
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::plan::{Hook, MasqRule, NatAction, NatRule};
+    use crate::mapping::L4;
 
-    fn rule(hook: Hook, family: Option<Family>, action: NatAction) -> NatRule {
+    pub(super) fn rule(hook: Hook, family: Option<Family>, action: NatAction) -> NatRule {
         NatRule {
             hook,
             family,
@@ -1029,7 +541,7 @@ mod tests {
         }
     }
 
-    fn sample() -> RuleSet {
+    pub(super) fn sample() -> RuleSet {
         let lo = NatAction::Dnat {
             addr: "127.0.0.1".parse().unwrap(),
             port: 8080,
@@ -1057,7 +569,7 @@ mod tests {
 
     /// What iptables-save prints for what render sent (the tools echo the
     /// rule specs back in the same spelling).
-    fn as_saved(input: &str) -> FamilyState {
+    pub(super) fn as_saved(input: &str) -> FamilyState {
         let mut st = FamilyState::default();
         let mut table = "";
         let mut text = String::new();
@@ -1086,130 +598,42 @@ mod tests {
         st
     }
 
+    /// The nat and raw tables as `iptables-save` would print them after
+    /// this restore input.
+    fn saved_tables(input: &str) -> (String, String) {
+        let (mut nat, mut raw) = (String::new(), String::new());
+        let mut into_raw = false;
+        for line in input.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                into_raw = t == "raw";
+                continue;
+            }
+            let out = if into_raw { &mut raw } else { &mut nat };
+            if line.starts_with(':') || line.starts_with("-A ") {
+                out.push_str(line);
+                out.push('\n');
+            } else if let Some(rest) = line.strip_prefix("-I ") {
+                out.push_str(&format!("-A {}\n", rest.replacen(" 1 ", " ", 1)));
+            }
+        }
+        (nat, raw)
+    }
+
+    /// The fuzz targets and their seeds go through these two: they must
+    /// render and decode as the backend does.
     #[test]
-    fn render_then_decode_gives_the_same_ruleset() {
-        let ipt = Iptables::new(IptablesFlavor::Nft);
+    fn the_fuzzing_entry_points_render_and_decode_like_the_backend() {
         let rs = sample();
-        let states: Vec<(Family, FamilyState)> = [Family::V4, Family::V6]
-            .into_iter()
-            .map(|f| {
-                (
-                    f,
-                    as_saved(&ipt.render_family(&rs, f, &FamilyState::default())),
-                )
-            })
-            .collect();
-        assert_eq!(decode_states(&states).unwrap(), Some(rs));
-    }
-
-    #[test]
-    fn output_rules_match_local_destinations_only() {
-        let ipt = Iptables::new(IptablesFlavor::Legacy);
-        let text = ipt.render_family(&sample(), Family::V4, &FamilyState::default());
-        assert!(text.contains(
-            "-A LOWPORT-OUTPUT -p tcp -m tcp --dport 80 -m addrtype --dst-type LOCAL -m comment --comment \"web [3]\" -j DNAT --to-destination 127.0.0.1:8080"
-        ), "{text}");
-        assert!(text.starts_with("# ipv4: iptables-legacy-restore -w --noflush\n*raw\n"));
-        assert!(text.contains("-A LOWPORT-GUARD ! -i lo -d 127.0.0.0/8"));
-        assert_eq!(text.matches("COMMIT").count(), 2);
-    }
-
-    #[test]
-    fn old_jumps_are_deleted_before_the_new_one_and_stale_chains_go() {
-        let ipt = Iptables::new(IptablesFlavor::Nft);
-        let now = FamilyState {
-            nat: parse_save(
-                ":PREROUTING ACCEPT [0:0]\n:LOWPORT-POSTROUTING - [0:0]\n:LOWPORT-PREROUTING - [0:0]\n\
-                 -A PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING\n\
-                 -A POSTROUTING -m comment --comment lowport -j LOWPORT-POSTROUTING\n",
-            ),
-            raw: TableState::default(),
-        };
-        let rs = RuleSet {
-            nat: vec![rule(
-                Hook::Prerouting,
-                None,
-                NatAction::Redirect { port: 8080 },
-            )],
-            ..RuleSet::default()
-        };
-        let text = ipt.render_family(&rs, Family::V4, &now);
-        let del = text
-            .find("-D PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING")
-            .unwrap();
-        let ins = text
-            .find("-I PREROUTING 1 -m comment --comment lowport -j LOWPORT-PREROUTING")
-            .unwrap();
-        assert!(del < ins, "{text}");
-        assert!(
-            text.contains("-D POSTROUTING -m comment --comment lowport -j LOWPORT-POSTROUTING\n")
-        );
-        assert!(
-            text.contains("-F LOWPORT-POSTROUTING\n-X LOWPORT-POSTROUTING\n"),
-            "{text}"
-        );
-        assert!(!text.contains("*raw"), "{text}");
-    }
-
-    #[test]
-    fn a_rule_lowport_did_not_write_is_foreign() {
-        let st = FamilyState {
-            nat: parse_save(
-                ":LOWPORT-PREROUTING - [0:0]\n-A LOWPORT-PREROUTING -s 10.0.0.0/8 -j ACCEPT\n",
-            ),
-            raw: TableState::default(),
-        };
-        let err = decode_states(&[(Family::V4, st)]).unwrap_err();
-        assert!(matches!(err, FirewallError::Foreign(_)), "{err}");
-    }
-
-    #[test]
-    fn tokenizer_keeps_quoted_words() {
+        let inputs = restore_input_for_fuzzing(&rs);
+        let families: Vec<Family> = inputs.iter().map(|(f, _)| *f).collect();
+        assert_eq!(families, [Family::V4, Family::V6]);
+        assert!(inputs[0].1.contains("*raw\n") && inputs[1].1.contains("*nat\n"));
+        let (v4_nat, v4_raw) = saved_tables(&inputs[0].1);
+        let (v6_nat, _) = saved_tables(&inputs[1].1);
         assert_eq!(
-            tokenize(r#"-m comment --comment "web [0]" -j X"#),
-            vec!["-m", "comment", "--comment", "web [0]", "-j", "X"]
+            decode_save_for_fuzzing(&v4_nat, &v4_raw, &v6_nat),
+            Ok(Some(rs))
         );
-    }
-
-    #[test]
-    fn rollback_restores_chains_rules_and_jumps_as_saved() {
-        let before = FamilyState {
-            nat: parse_save(
-                ":PREROUTING ACCEPT [0:0]\n:LOWPORT-PREROUTING - [0:0]\n\
-                 -A PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING\n\
-                 -A LOWPORT-PREROUTING -p tcp -m tcp --dport 80 -m comment --comment \"web [0]\" -j REDIRECT --to-ports 8080\n",
-            ),
-            raw: TableState::default(),
-        };
-        let now = FamilyState {
-            nat: parse_save(
-                ":PREROUTING ACCEPT [0:0]\n:LOWPORT-PREROUTING - [0:0]\n:LOWPORT-POSTROUTING - [0:0]\n\
-                 -A PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING\n\
-                 -A POSTROUTING -m comment --comment lowport -j LOWPORT-POSTROUTING\n\
-                 -A LOWPORT-PREROUTING -p tcp -m tcp --dport 80 -m comment --comment \"web [0]\" -j REDIRECT --to-ports 9090\n",
-            ),
-            raw: TableState::default(),
-        };
-        let text = render_rollback(&before, &now);
-        assert_eq!(
-            text,
-            "*nat\n\
-             :LOWPORT-PREROUTING - [0:0]\n\
-             -D PREROUTING -m comment --comment lowport -j LOWPORT-PREROUTING\n\
-             -D POSTROUTING -m comment --comment lowport -j LOWPORT-POSTROUTING\n\
-             -F LOWPORT-POSTROUTING\n\
-             -X LOWPORT-POSTROUTING\n\
-             -A LOWPORT-PREROUTING -p tcp -m tcp --dport 80 -m comment --comment \"web [0]\" -j REDIRECT --to-ports 8080\n\
-             -I PREROUTING 1 -m comment --comment lowport -j LOWPORT-PREROUTING\n\
-             COMMIT\n"
-        );
-        // Nothing changed: nothing to send (raw untouched above as well).
-        assert_eq!(render_rollback(&before, &before), "");
-    }
-
-    #[test]
-    fn nothing_installed_lists_as_none() {
-        let st = FamilyState::default();
-        assert_eq!(decode_states(&[(Family::V4, st)]).unwrap(), None);
+        assert_eq!(decode_save_for_fuzzing("", "", ""), Ok(None));
     }
 }

@@ -165,7 +165,7 @@ fn expr(elem: &Attr<'_>) -> Expr {
                 dreg: f.u32(META_DREG)?,
             })
         })(),
-        "cmp" => (|| {
+        "cmp" if f.only(&[CMP_SREG, CMP_OP, CMP_DATA]) => (|| {
             Some(Expr::Cmp {
                 sreg: f.u32(CMP_SREG)?,
                 op: f.u32(CMP_OP)?,
@@ -181,7 +181,7 @@ fn expr(elem: &Attr<'_>) -> Expr {
             })
         })(
         ),
-        "fib" => (|| {
+        "fib" if f.only(&[FIB_DREG, FIB_RESULT, FIB_FLAGS]) => (|| {
             Some(Expr::Fib {
                 flags: f.u32(FIB_FLAGS)?,
                 result: f.u32(FIB_RESULT)?,
@@ -225,19 +225,31 @@ fn expr(elem: &Attr<'_>) -> Expr {
                 flags: f.u32(REDIR_FLAGS).unwrap_or(0),
             })
         })(),
-        "nat" => (|| {
-            let addr = f.u32(NAT_REG_ADDR_MIN)?;
-            let proto = f.u32(NAT_REG_PROTO_MIN)?;
-            let same = f.u32(NAT_REG_ADDR_MAX).unwrap_or(addr) == addr
-                && f.u32(NAT_REG_PROTO_MAX).unwrap_or(proto) == proto;
-            same.then_some(Expr::Nat {
-                nat_type: f.u32(NAT_TYPE)?,
-                family: f.u32(NAT_FAMILY)?,
-                reg_addr: addr,
-                reg_proto: proto,
-                flags: f.u32(NAT_FLAGS).unwrap_or(0) & !NF_NAT_RANGE_MAP_IPS,
-            })
-        })(),
+        "nat"
+            if f.only(&[
+                NAT_TYPE,
+                NAT_FAMILY,
+                NAT_REG_ADDR_MIN,
+                NAT_REG_ADDR_MAX,
+                NAT_REG_PROTO_MIN,
+                NAT_REG_PROTO_MAX,
+                NAT_FLAGS,
+            ]) =>
+        {
+            (|| {
+                let addr = f.u32(NAT_REG_ADDR_MIN)?;
+                let proto = f.u32(NAT_REG_PROTO_MIN)?;
+                let same = f.u32(NAT_REG_ADDR_MAX).unwrap_or(addr) == addr
+                    && f.u32(NAT_REG_PROTO_MAX).unwrap_or(proto) == proto;
+                same.then_some(Expr::Nat {
+                    nat_type: f.u32(NAT_TYPE)?,
+                    family: f.u32(NAT_FAMILY)?,
+                    reg_addr: addr,
+                    reg_proto: proto,
+                    flags: f.u32(NAT_FLAGS).unwrap_or(0) & !NF_NAT_RANGE_MAP_IPS,
+                })
+            })()
+        }
         "masq" if f.only(&[MASQ_FLAGS]) && f.u32(MASQ_FLAGS).unwrap_or(0) == 0 => Some(Expr::Masq),
         _ => None,
     };
@@ -273,7 +285,7 @@ fn immediate(f: &Fields<'_>) -> Option<Expr> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::netlink::{messages, Request};
+    use super::super::netlink::{align4, messages, Request};
     use super::*;
 
     const NESTED: u16 = 0x8000;
@@ -358,5 +370,245 @@ mod tests {
             .concat(),
         )]);
         assert_eq!(r.exprs, [Expr::Verdict { code: 0 }]);
+    }
+
+    fn decoded(name: &str, data: &[u8]) -> Expr {
+        let r = rule(&[(name, data.to_vec())]);
+        assert_eq!(r.exprs.len(), 1, "{name}");
+        r.exprs[0].clone()
+    }
+
+    /// `data` with attribute `ty` replaced by `attr` (added when missing).
+    fn with_attr(data: &[u8], ty: u16, attr: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut done = false;
+        for a in Attrs::new(data) {
+            if a.ty == ty {
+                out.extend_from_slice(attr);
+                done = true;
+            } else {
+                out.extend_from_slice(a.raw);
+                out.resize(align4(out.len()), 0);
+            }
+        }
+        if !done {
+            out.extend_from_slice(attr);
+        }
+        out
+    }
+
+    /// Every expression (name, attributes) of the rules lowport writes for
+    /// every shape of rule, as its batch sends them.
+    fn lowport_exprs() -> Vec<(String, Vec<u8>)> {
+        let rs = super::super::tests::every_shape();
+        let bytes = super::super::batch_bytes_for_fuzzing(&rs).expect("a batch");
+        let newrule = (libc::NFNL_SUBSYS_NFTABLES as u16) << 8 | libc::NFT_MSG_NEWRULE as u16;
+        let mut out = Vec::new();
+        for msg in messages(&bytes) {
+            let msg = msg.expect("well formed");
+            if msg.ty != newrule {
+                continue;
+            }
+            let list = msg
+                .nf_attrs()
+                .get(NFTA_RULE_EXPRESSIONS)
+                .expect("expressions");
+            for elem in list.nested() {
+                let attrs = elem.nested();
+                let name = string(&attrs.clone().get(NFTA_EXPR_NAME).expect("a name"));
+                let data = attrs.get(NFTA_EXPR_DATA).expect("data").data.to_vec();
+                if !out.contains(&(name.clone(), data.clone())) {
+                    out.push((name, data));
+                }
+            }
+        }
+        out
+    }
+
+    fn lowport_expr(name: &str, pick: impl Fn(&Expr) -> bool) -> Vec<u8> {
+        lowport_exprs()
+            .into_iter()
+            .find(|(n, d)| n == name && pick(&decoded(n, d)))
+            .unwrap_or_else(|| panic!("lowport writes no such {name}"))
+            .1
+    }
+
+    /// A rule someone changed by adding one attribute to any expression —
+    /// a `meta set`, a payload write, a bitwise shift, a nat range, a jump —
+    /// must never read as one of lowport's.
+    #[test]
+    fn one_attribute_more_in_any_expression_lowport_writes_is_not_lowports() {
+        let exprs = lowport_exprs();
+        let mut names: Vec<&str> = exprs.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names,
+            [
+                "bitwise",
+                "cmp",
+                "ct",
+                "fib",
+                "immediate",
+                "masq",
+                "meta",
+                "nat",
+                "payload",
+                "redir"
+            ]
+        );
+        for (name, data) in &exprs {
+            let ours = decoded(name, data);
+            assert!(!matches!(ours, Expr::Other(_)), "{name}: {ours:?}");
+            let present: Vec<u16> = Attrs::new(data).map(|a| a.ty).collect();
+            for ty in (1..=16).chain([40]) {
+                // Not 0: zero flags or a bitwise operation 0 are what
+                // lowport's expressions mean without the attribute.
+                if present.contains(&ty) {
+                    continue;
+                }
+                let more = with_attr(data, ty, &u32_attr(ty, 0x5a5a));
+                let got = decoded(name, &more);
+                assert!(
+                    matches!(got, Expr::Other(_)),
+                    "{name} with attribute {ty} more decoded as {got:?}"
+                );
+            }
+        }
+    }
+
+    /// What the kernel echoes back for lowport's own expressions reads the
+    /// same; any other value of the same attributes does not.
+    #[test]
+    fn kernel_echoes_read_as_lowports_and_other_values_do_not() {
+        // redir: the kernel adds max = min.
+        let redir = lowport_expr("redir", |_| true);
+        let ours = decoded("redir", &redir);
+        let min = Attrs::new(&redir)
+            .get(REDIR_REG_PROTO_MIN)
+            .unwrap()
+            .be32()
+            .unwrap();
+        let echo = with_attr(
+            &redir,
+            REDIR_REG_PROTO_MAX,
+            &u32_attr(REDIR_REG_PROTO_MAX, min),
+        );
+        assert_eq!(decoded("redir", &echo), ours);
+        let range = with_attr(
+            &redir,
+            REDIR_REG_PROTO_MAX,
+            &u32_attr(REDIR_REG_PROTO_MAX, min + 1),
+        );
+        assert!(matches!(decoded("redir", &range), Expr::Other(_)));
+
+        // nat: the kernel adds the max registers and the map-IPs flag.
+        let nat = lowport_expr("nat", |_| true);
+        let ours = decoded("nat", &nat);
+        let reg = |ty| Attrs::new(&nat).get(ty).unwrap().be32().unwrap();
+        let (addr, proto, flags) = (
+            reg(NAT_REG_ADDR_MIN),
+            reg(NAT_REG_PROTO_MIN),
+            reg(NAT_FLAGS),
+        );
+        let echo = with_attr(&nat, NAT_REG_ADDR_MAX, &u32_attr(NAT_REG_ADDR_MAX, addr));
+        let echo = with_attr(
+            &echo,
+            NAT_REG_PROTO_MAX,
+            &u32_attr(NAT_REG_PROTO_MAX, proto),
+        );
+        let echo = with_attr(
+            &echo,
+            NAT_FLAGS,
+            &u32_attr(NAT_FLAGS, flags | NF_NAT_RANGE_MAP_IPS),
+        );
+        assert_eq!(decoded("nat", &echo), ours);
+        for (ty, v) in [(NAT_REG_ADDR_MAX, addr + 1), (NAT_REG_PROTO_MAX, proto + 1)] {
+            let range = with_attr(&nat, ty, &u32_attr(ty, v));
+            assert!(matches!(decoded("nat", &range), Expr::Other(_)), "{ty}");
+        }
+        // Another flag (a random port, say) is another rule.
+        let other = with_attr(&nat, NAT_FLAGS, &u32_attr(NAT_FLAGS, flags | 1 << 2));
+        assert_ne!(decoded("nat", &other), ours);
+
+        // bitwise: mask-and-xor only, not a shift.
+        let bitwise = lowport_expr("bitwise", |_| true);
+        let ours = decoded("bitwise", &bitwise);
+        let bool_op = with_attr(
+            &bitwise,
+            BITWISE_OP,
+            &u32_attr(BITWISE_OP, NFT_BITWISE_BOOL),
+        );
+        assert_eq!(decoded("bitwise", &bool_op), ours);
+        let shift = with_attr(&bitwise, BITWISE_OP, &u32_attr(BITWISE_OP, 1));
+        assert!(matches!(decoded("bitwise", &shift), Expr::Other(_)));
+
+        // masq: no flags (zero is the same), not a port range or random.
+        assert_eq!(decoded("masq", &u32_attr(MASQ_FLAGS, 0)), Expr::Masq);
+        assert!(matches!(
+            decoded("masq", &u32_attr(MASQ_FLAGS, 4)),
+            Expr::Other(_)
+        ));
+
+        // A u32 that is not four bytes, a value that is a verdict or two
+        // values in one: not lowport's.
+        let meta = lowport_expr("meta", |_| true);
+        let long = with_attr(&meta, META_KEY, &nla(META_KEY, &[0; 8]));
+        assert!(matches!(decoded("meta", &long), Expr::Other(_)));
+        let value = lowport_expr("immediate", |e| matches!(e, Expr::Immediate { .. }));
+        let Expr::Immediate { dreg, data } = decoded("immediate", &value) else {
+            unreachable!()
+        };
+        let two = nla(
+            IMMEDIATE_DATA | NESTED,
+            &[nla(NFTA_DATA_VALUE, &data), nla(NFTA_DATA_VALUE, &data)].concat(),
+        );
+        let two_values = with_attr(&value, IMMEDIATE_DATA, &two);
+        assert!(matches!(decoded("immediate", &two_values), Expr::Other(_)));
+        let verdict_elsewhere = nla(
+            IMMEDIATE_DATA | NESTED,
+            &nla(NFTA_DATA_VERDICT | NESTED, &u32_attr(NFTA_VERDICT_CODE, 0)),
+        );
+        let reg_verdict = with_attr(&value, IMMEDIATE_DATA, &verdict_elsewhere);
+        assert_eq!(
+            decoded("immediate", &reg_verdict),
+            Expr::Verdict { code: 0 },
+            "dreg {dreg}"
+        );
+        let short_code = nla(
+            IMMEDIATE_DATA | NESTED,
+            &nla(NFTA_DATA_VERDICT | NESTED, &nla(NFTA_VERDICT_CODE, &[0; 2])),
+        );
+        let short = with_attr(&value, IMMEDIATE_DATA, &short_code);
+        assert!(matches!(decoded("immediate", &short), Expr::Other(_)));
+        // A verdict that names a chain (4 bytes, like a code) is not one.
+        let chain_only = nla(
+            IMMEDIATE_DATA | NESTED,
+            &nla(NFTA_DATA_VERDICT | NESTED, &nla(2, b"abc\0")),
+        );
+        let chain = with_attr(&value, IMMEDIATE_DATA, &chain_only);
+        assert!(matches!(decoded("immediate", &chain), Expr::Other(_)));
+        let no_data = [u32_attr(IMMEDIATE_DREG, 0)].concat();
+        assert!(matches!(decoded("immediate", &no_data), Expr::Other(_)));
+    }
+
+    /// The rule's comment (nft's userdata) comes back with the rule: it
+    /// names the mapping in `rules show`.
+    #[test]
+    fn a_rule_keeps_its_comment() {
+        let udata = b"\x00\x04web\x00";
+        let raw = Request::new(10, 6, 0, 1, 1)
+            .attr(NFTA_RULE_TABLE, b"lowport\0")
+            .attr(NFTA_RULE_CHAIN, b"prerouting\0")
+            .attr(NFTA_RULE_USERDATA, udata)
+            .finish();
+        let msg = messages(&raw).next().unwrap().unwrap();
+        let r = parse_rule(&msg).unwrap();
+        assert_eq!(r.userdata, udata);
+        assert_eq!(
+            (r.table.as_str(), r.chain.as_str()),
+            ("lowport", "prerouting")
+        );
+        assert!(r.exprs.is_empty());
     }
 }

@@ -306,28 +306,50 @@ fn too_large() -> ReadError {
 }
 
 /// Why a file or directory someone else could change is not to be
-/// trusted by root: owned by a user other than root or the invoking one,
-/// or writable by others (a group other than root's). A directory that is
-/// world-writable but sticky (/tmp) keeps others from replacing a file
-/// they do not own, and is accepted.
+/// trusted by root (see [`untrusted_owner`]), from its metadata.
 fn untrusted(meta: &std::fs::Metadata, is_dir: bool) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let mode = meta.mode() & 0o7777;
-    let uid = meta.uid();
     let invoking = rustix::process::getuid().as_raw();
     let sudo_uid = std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok());
+    untrusted_owner(
+        Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.mode(),
+            is_dir,
+        },
+        invoking,
+        sudo_uid,
+    )
+}
+
+/// Who owns a file or directory and who may write it.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+    /// `st_mode`; only the permission bits are read.
+    mode: u32,
+    is_dir: bool,
+}
+
+/// Why a file or directory is not to be trusted by root: owned by a user
+/// other than root or the invoking one (`invoking`, or `sudo_uid` when
+/// run through sudo), or writable by others (a group other than root's).
+/// A directory that is world-writable but sticky (/tmp) keeps others from
+/// replacing a file they do not own, and is accepted.
+fn untrusted_owner(o: Owner, invoking: u32, sudo_uid: Option<u32>) -> Option<String> {
+    let mode = o.mode & 0o7777;
+    let uid = o.uid;
     if uid != 0 && uid != invoking && Some(uid) != sudo_uid {
         return Some(format!("owned by uid {uid} (mode {mode:04o})"));
     }
-    let sticky = is_dir && mode & 0o1000 != 0;
+    let sticky = o.is_dir && mode & 0o1000 != 0;
     if mode & 0o002 != 0 && !sticky {
         return Some(format!("writable by everyone (mode {mode:04o})"));
     }
-    if mode & 0o020 != 0 && meta.gid() != 0 && !sticky {
-        return Some(format!(
-            "writable by group {} (mode {mode:04o})",
-            meta.gid()
-        ));
+    if mode & 0o020 != 0 && o.gid != 0 && !sticky {
+        return Some(format!("writable by group {} (mode {mode:04o})", o.gid));
     }
     None
 }
@@ -1530,5 +1552,234 @@ mod tests {
         assert_eq!(s.effective_file(), None);
         let c = load(&s).unwrap();
         assert_eq!(c.mappings.len(), 1);
+    }
+
+    /// A private directory for a test's files, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("lowport-config-{tag}-{}-{n}", std::process::id()));
+            std::fs::create_dir(&dir).expect("a new private directory");
+            TempDir(dir)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn root_trusts_only_what_root_or_the_invoking_user_controls() {
+        let file = |uid, gid, mode: u32| Owner {
+            uid,
+            gid,
+            mode: 0o100000 | mode,
+            is_dir: false,
+        };
+        let dir = |uid, gid, mode: u32| Owner {
+            uid,
+            gid,
+            mode: 0o040000 | mode,
+            is_dir: true,
+        };
+        // (owner, invoking uid, SUDO_UID): trusted.
+        for (o, invoking, sudo) in [
+            (file(0, 0, 0o644), 0, None),
+            (file(0, 0, 0o664), 0, None),
+            (file(1000, 1000, 0o600), 1000, None),
+            (file(1000, 1000, 0o644), 0, Some(1000)),
+            (dir(0, 0, 0o1777), 0, None),
+            (dir(0, 100, 0o1775), 0, None),
+            (dir(0, 0, 0o755), 0, None),
+        ] {
+            assert_eq!(untrusted_owner(o, invoking, sudo), None, "{o:?}");
+        }
+        // Refused, and the reason names who could change it and the mode.
+        for (o, invoking, sudo, why) in [
+            (
+                file(65534, 0, 0o644),
+                0,
+                None,
+                "owned by uid 65534 (mode 0644)",
+            ),
+            (file(1000, 0, 0o644), 0, Some(1001), "owned by uid 1000"),
+            (file(1000, 0, 0o644), 1001, None, "owned by uid 1000"),
+            (
+                file(0, 0, 0o666),
+                0,
+                None,
+                "writable by everyone (mode 0666)",
+            ),
+            (file(0, 0, 0o1777), 0, None, "writable by everyone"),
+            (
+                dir(0, 0, 0o777),
+                0,
+                None,
+                "writable by everyone (mode 0777)",
+            ),
+            (
+                file(0, 100, 0o664),
+                0,
+                None,
+                "writable by group 100 (mode 0664)",
+            ),
+            (dir(0, 100, 0o775), 0, None, "writable by group 100"),
+        ] {
+            let got = untrusted_owner(o, invoking, sudo);
+            assert!(
+                got.as_deref().is_some_and(|g| g.contains(why)),
+                "{o:?}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_file_is_read_whole_up_to_the_limit() {
+        let dir = TempDir::new("read");
+        let path = dir.0.join("lowport.yaml");
+        let text = "mappings:\n  - {listen: 80, to: 8080}\n";
+        std::fs::write(&path, text).unwrap();
+        chmod(&path, 0o644);
+        let read = |p: &Path| match read_file(p) {
+            Ok(t) => Ok(t),
+            Err(ReadError::Io(e)) => Err(e.to_string()),
+            Err(ReadError::Unsafe { path, why }) => Err(format!("{}: {why}", path.display())),
+        };
+        assert_eq!(read(&path).as_deref(), Ok(text));
+        // As many bytes as lowport reads, and one more.
+        let limit = usize::try_from(MAX_FILE_BYTES).unwrap();
+        std::fs::write(&path, "#".repeat(limit)).unwrap();
+        assert_eq!(read(&path).map(|t| t.len()), Ok(limit));
+        std::fs::write(&path, "#".repeat(limit + 1)).unwrap();
+        let err = read(&path).unwrap_err();
+        assert!(
+            err.contains(&format!("larger than {MAX_FILE_BYTES} bytes")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn root_refuses_a_config_file_others_can_change() {
+        let dir = TempDir::new("trust");
+        chmod(&dir.0, 0o755);
+        let path = dir.0.join("lowport.yaml");
+        std::fs::write(&path, "mappings:\n  - {listen: 80, to: 8080}\n").unwrap();
+        let source = Source {
+            file: Some(path.clone()),
+            specs: Vec::new(),
+        };
+        let root = rustix::process::geteuid().is_root();
+        chmod(&path, 0o666);
+        match load(&source) {
+            // What root installs, anyone could have written.
+            Err(e) if root => {
+                let msg = e.to_string();
+                assert!(msg.contains(&path.display().to_string()), "{msg}");
+                assert!(msg.contains("writable by everyone"), "{msg}");
+            }
+            Ok(c) if !root => assert_eq!(c.mappings.len(), 1),
+            other => panic!("as root: {root}: {other:?}"),
+        }
+        // Its directory, too: anyone could replace the file.
+        chmod(&path, 0o644);
+        chmod(&dir.0, 0o777);
+        match load(&source) {
+            Err(e) if root => {
+                let msg = e.to_string();
+                assert!(msg.contains(&format!("in {}", dir.0.display())), "{msg}");
+            }
+            Ok(c) if !root => assert_eq!(c.mappings.len(), 1),
+            other => panic!("as root: {root}: {other:?}"),
+        }
+        chmod(&dir.0, 0o755);
+        assert_eq!(load(&source).unwrap().mappings.len(), 1);
+    }
+
+    #[test]
+    fn a_missing_default_file_says_how_to_give_mappings() {
+        let missing = |_: &Path| -> Result<String, std::io::Error> {
+            Err(std::io::ErrorKind::NotFound.into())
+        };
+        let denied = |_: &Path| -> Result<String, std::io::Error> {
+            Err(std::io::ErrorKind::PermissionDenied.into())
+        };
+        let hint = "-m 80:8080";
+        let msg = load_with(&Source::default(), missing)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(DEFAULT_CONFIG) && msg.contains(hint), "{msg}");
+        // A file the user named, or one that exists: no such hint.
+        let named = Source {
+            file: Some("/etc/x.yaml".into()),
+            specs: Vec::new(),
+        };
+        let msg = load_with(&named, missing).unwrap_err().to_string();
+        assert!(msg.contains("/etc/x.yaml") && !msg.contains(hint), "{msg}");
+        let msg = load_with(&Source::default(), denied)
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains(hint), "{msg}");
+    }
+
+    #[test]
+    fn a_file_read_by_another_reader_has_the_same_limit() {
+        let limit = usize::try_from(MAX_FILE_BYTES).unwrap();
+        let source = Source {
+            file: Some("big.yaml".into()),
+            specs: Vec::new(),
+        };
+        let with = |text: String| {
+            load_with(&source, move |_: &Path| {
+                Ok::<_, std::io::Error>(text.clone())
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        // At the limit: read, and found empty.
+        let msg = with("#".repeat(limit));
+        assert!(msg.contains("the file is empty"), "{msg}");
+        let msg = with("#".repeat(limit + 1));
+        assert!(
+            msg.contains(&format!("larger than {MAX_FILE_BYTES} bytes")),
+            "{msg}"
+        );
+        // A reader's refusal is passed on, naming the file.
+        let msg = load_with(&source, |p: &Path| -> Result<String, ReadError> {
+            Err(ReadError::Unsafe {
+                path: p.to_owned(),
+                why: "owned by uid 7".into(),
+            })
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("big.yaml is owned by uid 7"), "{msg}");
+        assert!(msg.contains("chmod go-w big.yaml"), "{msg}");
+    }
+
+    #[test]
+    fn backend_choices_read_back_as_written() {
+        for (word, choice) in [
+            ("auto", BackendChoice::Auto),
+            ("nftables", BackendChoice::Nftables),
+            ("nft", BackendChoice::Nftables),
+            ("iptables", BackendChoice::Iptables),
+        ] {
+            assert_eq!(word.parse::<BackendChoice>(), Ok(choice));
+            assert_eq!(choice.to_string().parse::<BackendChoice>(), Ok(choice));
+        }
+        let err = "ipfw".parse::<BackendChoice>().unwrap_err();
+        assert!(
+            err.contains("\"ipfw\"") && err.contains("nftables"),
+            "{err}"
+        );
     }
 }

@@ -54,15 +54,25 @@ pub(crate) fn dnat_rules(on: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `f` with the row's rules in place (kernel rows only).
+impl Peer {
+    /// The kernel DNAT row, the only one measured with lowport's rules in
+    /// place. "direct" is a kernel row too (no relay process), but it is
+    /// the baseline every ratio divides by: with the rules in place, its
+    /// packets would go through conntrack as well.
+    pub(crate) fn has_rules(&self) -> bool {
+        self.kernel && self.port == DNAT_PORT
+    }
+}
+
+/// Runs `f` with the row's rules in place (the kernel DNAT row only).
 pub(crate) fn with_rules<T>(p: &Peer, f: impl FnOnce() -> T) -> T {
-    if p.kernel {
+    if p.has_rules() {
         if let Err(e) = dnat_rules(true) {
             panic!("{e}");
         }
     }
     let out = f();
-    if p.kernel {
+    if p.has_rules() {
         if let Err(e) = dnat_rules(false) {
             panic!("{e}");
         }
@@ -223,7 +233,7 @@ pub(crate) fn start_peers() -> Vec<Peer> {
         let addr: SocketAddr = ([127, 0, 0, 1], p.port).into();
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut up = false;
-        if p.kernel {
+        if p.has_rules() {
             // The DNAT row: its rules, for this check only.
             if let Err(e) = dnat_rules(true) {
                 p.skipped = Some(e);
@@ -250,7 +260,7 @@ pub(crate) fn start_peers() -> Vec<Peer> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if p.kernel {
+        if p.has_rules() {
             if let Err(e) = dnat_rules(false) {
                 p.skipped = Some(e);
             }

@@ -1782,4 +1782,206 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn durations_have_the_documented_defaults_and_limits() {
+        // dist/man/lowport.1 says these.
+        let d = ProxySettings::default();
+        assert_eq!(d.connect_timeout, Duration::from_secs(5));
+        assert_eq!(d.idle_timeout, Duration::from_secs(600));
+        assert_eq!(d.fin_timeout, Duration::from_secs(60));
+        assert_eq!(d.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(d.udp_idle_timeout, Duration::from_secs(180));
+        let m = "mappings:\n  - listen: 80\n    to: 8080\n";
+        let day = 24 * 3600;
+        for (key, max_secs) in [
+            ("connect_timeout", 600),
+            ("idle_timeout", 7 * day),
+            ("fin_timeout", 7 * day),
+            ("shutdown_timeout", day),
+            ("udp_idle_timeout", day),
+        ] {
+            // A number is seconds.
+            let c = parse(&format!("{m}proxy:\n  {key}: {max_secs}\n"))
+                .unwrap_or_else(|e| panic!("{key}: {max_secs}: {e}"));
+            let got = match key {
+                "connect_timeout" => c.proxy.connect_timeout,
+                "idle_timeout" => c.proxy.idle_timeout,
+                "fin_timeout" => c.proxy.fin_timeout,
+                "shutdown_timeout" => c.proxy.shutdown_timeout,
+                _ => c.proxy.udp_idle_timeout,
+            };
+            assert_eq!(got, Duration::from_secs(max_secs), "{key}");
+            let over = max_secs + 1;
+            let err = parse(&format!("{m}proxy:\n  {key}: {over}\n")).unwrap_err();
+            assert!(
+                err.contains(&format!("proxy.{key} \"{over}\" is too long")),
+                "{err}"
+            );
+        }
+        let c = parse(&format!("{m}proxy:\n  udp_max_flows: 1048576\n")).unwrap();
+        assert_eq!(c.proxy.udp_max_flows.get(), 1 << 20);
+    }
+
+    #[test]
+    fn the_proxy_user_is_one_name() {
+        let m = "mappings:\n  - listen: 80\n    to: 8080\n";
+        for bad in ["\"\"", "\"www data\"", "\"www\\tdata\"", "5", "[a]"] {
+            let err = parse(&format!("{m}proxy:\n  user: {bad}\n")).unwrap_err();
+            assert!(
+                err.contains("proxy.user") && err.contains("not a user name"),
+                "{bad}: {err}"
+            );
+        }
+        let c = parse(&format!("{m}proxy:\n  user: _lowport\n")).unwrap();
+        assert_eq!(c.proxy.user, "_lowport");
+    }
+
+    #[test]
+    fn flow_nesting_is_counted_outside_quotes_and_comments() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        // At the limit, and one deeper, on the line that goes deeper.
+        let at = format!("a: 1\nmappings: {}\n", deep(MAX_FLOW_DEPTH));
+        assert!(!parse(&at).unwrap_err().contains("nesting"));
+        let over = format!("a: 1\nb: 2\nmappings: {}\n", deep(MAX_FLOW_DEPTH + 1));
+        let msg = parse(&over).unwrap_err();
+        assert!(msg.contains("line 3: YAML nesting deeper than 64"), "{msg}");
+        // Closed brackets are no longer open: many shallow lists are fine.
+        let many = format!("a: [{}]\n", vec![deep(40); 10].join(", "));
+        assert!(!parse(&many).unwrap_err().contains("nesting"), "{many}");
+        let open = "[".repeat(MAX_FLOW_DEPTH + 1);
+        for (text, counted) in [
+            // Quoted, in either quotes, with escaped quotes inside.
+            (format!("a: \"{open}\"\n"), false),
+            (format!("a: '{open}'\n"), false),
+            (format!("a: \"x\\\"{open}\"\n"), false),
+            // A comment, after a space or a tab, or a whole line.
+            (format!("a: 1 # {open}\n"), false),
+            (format!("a: 1\t# {open}\n"), false),
+            (format!("# {open}\na: 1\n"), false),
+            // Not a comment: '#' inside a word. Not a quote: an apostrophe.
+            (format!("a: b#{open}\n"), true),
+            (format!("a: it's {open}\n"), true),
+            // A quote that ended: what follows counts.
+            (format!("a: [\"x\", {open}\n"), true),
+        ] {
+            let msg = parse(&text).unwrap_err();
+            assert_eq!(msg.contains("deeper than 64"), counted, "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn mapping_values_are_refused_naming_the_key_and_what_was_found() {
+        let one = |body: &str| parse(&format!("mappings:\n  - {{{body}}}\n"));
+        for (body, needle) in [
+            ("to: 8080", "mapping #1: `listen` is missing"),
+            (
+                "listen: [80], to: 8080",
+                "`listen` must be a port or text, found a list",
+            ),
+            ("listen: {a: 1}, to: 8080", "found a map"),
+            ("listen: true, to: 8080", "found the boolean true"),
+            ("listen: 80, to: !x 8080", "found a tagged value"),
+            ("listen: 80", "`to` is missing"),
+            (
+                "listen: 80, to: 8080, protocol: 5",
+                "protocol \"5\" is not valid",
+            ),
+            ("listen: 80, to: 8080, protocol: true", "protocol \"true\""),
+            (
+                "listen: 80, to: 8080, proxy_protocol: v3",
+                "proxy_protocol \"v3\"",
+            ),
+            (
+                "listen: 80, to: 8080, proxy_protocol: 2",
+                "proxy_protocol \"2\"",
+            ),
+            (
+                "name: 5, listen: 80, to: 8080",
+                "name must be text, found the number 5",
+            ),
+            ("name: \"\", listen: 80, to: 8080", "name \"\" is not valid"),
+            (
+                "name: a b, listen: 80, to: 8080",
+                "name \"a b\" is not valid",
+            ),
+            ("listen: \"[::1]\", to: 8080", "a port must follow [::1]"),
+            ("listen: \"[::1:80\", to: 8080", "without ']'"),
+            (
+                "listen: \"[x]:80\", to: 8080",
+                "\"x\" is not an IPv6 address",
+            ),
+            (
+                "listen: \"::1:80\", to: 8080",
+                "IPv6 address must be written in brackets",
+            ),
+            ("listen: \"\", to: 8080", "port \"\" is not a number"),
+            ("listen: \"8o\", to: 8080", "port \"8o\" is not a number"),
+            ("listen: 65536, to: 8080", "port 65536 is out of range"),
+            (
+                "listen: 80, to: \"[db]:80\"",
+                "\"db\" is not an IPv6 address",
+            ),
+            (
+                "listen: 80, to: \"1.2.3:80\"",
+                "neither an IPv4 address nor a host name",
+            ),
+            (
+                "listen: 80, to: \"0.0.0.0:80\"",
+                "0.0.0.0 cannot be a target",
+            ),
+            ("listen: 80, to: \"[ff02::1]:80\"", "a multicast address"),
+        ] {
+            let err = one(body).unwrap_err();
+            assert!(err.contains(needle), "{body}: {err}");
+        }
+        let err = parse("mappings:\n  - 5\n").unwrap_err();
+        assert!(
+            err.contains("mapping #1: expected a map with `listen:` and `to:`, found the number 5"),
+            "{err}"
+        );
+        let err = parse("mappings:\n  - ~\n").unwrap_err();
+        assert!(err.contains("found nothing (null)"), "{err}");
+        let err = parse("mappings:\n  - \"80:8080\"\n").unwrap_err();
+        assert!(err.contains("found the text \"80:8080\""), "{err}");
+        let name = "n".repeat(64);
+        for (body, want) in [
+            (
+                format!("name: {name}, listen: 80, to: 8080"),
+                Some(name.as_str()),
+            ),
+            (format!("name: {name}x, listen: 80, to: 8080"), None),
+        ] {
+            let got = one(&body).map(|c| c.mappings[0].name.clone());
+            match want {
+                Some(n) => assert_eq!(got, Ok(Some(n.to_owned()))),
+                None => assert!(got.unwrap_err().contains("1 to 64"), "{body}"),
+            }
+        }
+        let c = one("listen: \"[::1]:65535\", to: \"[fd00::1]:1\", proxy_protocol: false").unwrap();
+        let m = &c.mappings[0];
+        assert_eq!(m.listen.addr, Some("::1".parse().unwrap()));
+        assert_eq!(m.listen.port.get(), 65535);
+        assert_eq!(m.target.host, TargetHost::Ip("fd00::1".parse().unwrap()));
+        assert_eq!(m.proxy_protocol, ProxyProtocol::Off);
+        for (word, want) in [
+            ("off", ProxyProtocol::Off),
+            ("v1", ProxyProtocol::V1),
+            ("v2", ProxyProtocol::V2),
+        ] {
+            let c = one(&format!("listen: 80, to: 8080, proxy_protocol: {word}")).unwrap();
+            assert_eq!(c.mappings[0].proxy_protocol, want, "{word}");
+        }
+    }
+
+    #[test]
+    fn a_spec_of_one_field_is_not_taken_for_an_ipv6_address() {
+        let err = parse_spec("80", 0).unwrap_err();
+        assert!(
+            err.contains("is not a mapping") && !err.contains("brackets"),
+            "{err}"
+        );
+        let err = parse_spec("1:2:3:4:5", 0).unwrap_err();
+        assert!(err.contains("must be written in brackets"), "{err}");
+    }
 }

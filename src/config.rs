@@ -317,28 +317,50 @@ fn too_large() -> ReadError {
 }
 
 /// Why a file or directory someone else could change is not to be
-/// trusted by root: owned by a user other than root or the invoking one,
-/// or writable by others (a group other than root's). A directory that is
-/// world-writable but sticky (/tmp) keeps others from replacing a file
-/// they do not own, and is accepted.
+/// trusted by root (see [`untrusted_owner`]), from its metadata.
 fn untrusted(meta: &std::fs::Metadata, is_dir: bool) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let mode = meta.mode() & 0o7777;
-    let uid = meta.uid();
     let invoking = rustix::process::getuid().as_raw();
     let sudo_uid = std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok());
+    untrusted_owner(
+        Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.mode(),
+            is_dir,
+        },
+        invoking,
+        sudo_uid,
+    )
+}
+
+/// Who owns a file or directory and who may write it.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+    /// `st_mode`; only the permission bits are read.
+    mode: u32,
+    is_dir: bool,
+}
+
+/// Why a file or directory is not to be trusted by root: owned by a user
+/// other than root or the invoking one (`invoking`, or `sudo_uid` when
+/// run through sudo), or writable by others (a group other than root's).
+/// A directory that is world-writable but sticky (/tmp) keeps others from
+/// replacing a file they do not own, and is accepted.
+fn untrusted_owner(o: Owner, invoking: u32, sudo_uid: Option<u32>) -> Option<String> {
+    let mode = o.mode & 0o7777;
+    let uid = o.uid;
     if uid != 0 && uid != invoking && Some(uid) != sudo_uid {
         return Some(format!("owned by uid {uid} (mode {mode:04o})"));
     }
-    let sticky = is_dir && mode & 0o1000 != 0;
+    let sticky = o.is_dir && mode & 0o1000 != 0;
     if mode & 0o002 != 0 && !sticky {
         return Some(format!("writable by everyone (mode {mode:04o})"));
     }
-    if mode & 0o020 != 0 && meta.gid() != 0 && !sticky {
-        return Some(format!(
-            "writable by group {} (mode {mode:04o})",
-            meta.gid()
-        ));
+    if mode & 0o020 != 0 && o.gid != 0 && !sticky {
+        return Some(format!("writable by group {} (mode {mode:04o})", o.gid));
     }
     None
 }
@@ -1589,5 +1611,438 @@ mod tests {
         assert_eq!(s.effective_file(), None);
         let c = load(&s).unwrap();
         assert_eq!(c.mappings.len(), 1);
+    }
+
+    /// A private directory for a test's files, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("lowport-config-{tag}-{}-{n}", std::process::id()));
+            std::fs::create_dir(&dir).expect("a new private directory");
+            TempDir(dir)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn root_trusts_only_what_root_or_the_invoking_user_controls() {
+        let file = |uid, gid, mode: u32| Owner {
+            uid,
+            gid,
+            mode: 0o100000 | mode,
+            is_dir: false,
+        };
+        let dir = |uid, gid, mode: u32| Owner {
+            uid,
+            gid,
+            mode: 0o040000 | mode,
+            is_dir: true,
+        };
+        // (owner, invoking uid, SUDO_UID): trusted.
+        for (o, invoking, sudo) in [
+            (file(0, 0, 0o644), 0, None),
+            (file(0, 0, 0o664), 0, None),
+            (file(1000, 1000, 0o600), 1000, None),
+            (file(1000, 1000, 0o644), 0, Some(1000)),
+            (dir(0, 0, 0o1777), 0, None),
+            (dir(0, 100, 0o1775), 0, None),
+            (dir(0, 0, 0o755), 0, None),
+        ] {
+            assert_eq!(untrusted_owner(o, invoking, sudo), None, "{o:?}");
+        }
+        // Refused, and the reason names who could change it and the mode.
+        for (o, invoking, sudo, why) in [
+            (
+                file(65534, 0, 0o644),
+                0,
+                None,
+                "owned by uid 65534 (mode 0644)",
+            ),
+            (file(1000, 0, 0o644), 0, Some(1001), "owned by uid 1000"),
+            (file(1000, 0, 0o644), 1001, None, "owned by uid 1000"),
+            (
+                file(0, 0, 0o666),
+                0,
+                None,
+                "writable by everyone (mode 0666)",
+            ),
+            (file(0, 0, 0o1777), 0, None, "writable by everyone"),
+            (
+                dir(0, 0, 0o777),
+                0,
+                None,
+                "writable by everyone (mode 0777)",
+            ),
+            (
+                file(0, 100, 0o664),
+                0,
+                None,
+                "writable by group 100 (mode 0664)",
+            ),
+            (dir(0, 100, 0o775), 0, None, "writable by group 100"),
+        ] {
+            let got = untrusted_owner(o, invoking, sudo);
+            assert!(
+                got.as_deref().is_some_and(|g| g.contains(why)),
+                "{o:?}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_file_is_read_whole_up_to_the_limit() {
+        let dir = TempDir::new("read");
+        let path = dir.0.join("lowport.yaml");
+        let text = "mappings:\n  - {listen: 80, to: 8080}\n";
+        std::fs::write(&path, text).unwrap();
+        chmod(&path, 0o644);
+        let read = |p: &Path| match read_file(p) {
+            Ok(t) => Ok(t),
+            Err(ReadError::Io(e)) => Err(e.to_string()),
+            Err(ReadError::Unsafe { path, why }) => Err(format!("{}: {why}", path.display())),
+        };
+        assert_eq!(read(&path).as_deref(), Ok(text));
+        // As many bytes as lowport reads, and one more.
+        let limit = usize::try_from(MAX_FILE_BYTES).unwrap();
+        std::fs::write(&path, "#".repeat(limit)).unwrap();
+        assert_eq!(read(&path).map(|t| t.len()), Ok(limit));
+        std::fs::write(&path, "#".repeat(limit + 1)).unwrap();
+        let err = read(&path).unwrap_err();
+        assert!(
+            err.contains(&format!("larger than {MAX_FILE_BYTES} bytes")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn root_refuses_a_config_file_others_can_change() {
+        let dir = TempDir::new("trust");
+        chmod(&dir.0, 0o755);
+        let path = dir.0.join("lowport.yaml");
+        std::fs::write(&path, "mappings:\n  - {listen: 80, to: 8080}\n").unwrap();
+        let source = Source {
+            file: Some(path.clone()),
+            specs: Vec::new(),
+        };
+        let root = rustix::process::geteuid().is_root();
+        chmod(&path, 0o666);
+        match load(&source) {
+            // What root installs, anyone could have written.
+            Err(e) if root => {
+                let msg = e.to_string();
+                assert!(msg.contains(&path.display().to_string()), "{msg}");
+                assert!(msg.contains("writable by everyone"), "{msg}");
+            }
+            Ok(c) if !root => assert_eq!(c.mappings.len(), 1),
+            other => panic!("as root: {root}: {other:?}"),
+        }
+        // Its directory, too: anyone could replace the file.
+        chmod(&path, 0o644);
+        chmod(&dir.0, 0o777);
+        match load(&source) {
+            Err(e) if root => {
+                let msg = e.to_string();
+                assert!(msg.contains(&format!("in {}", dir.0.display())), "{msg}");
+            }
+            Ok(c) if !root => assert_eq!(c.mappings.len(), 1),
+            other => panic!("as root: {root}: {other:?}"),
+        }
+        chmod(&dir.0, 0o755);
+        assert_eq!(load(&source).unwrap().mappings.len(), 1);
+    }
+
+    #[test]
+    fn a_missing_default_file_says_how_to_give_mappings() {
+        let missing = |_: &Path| -> Result<String, std::io::Error> {
+            Err(std::io::ErrorKind::NotFound.into())
+        };
+        let denied = |_: &Path| -> Result<String, std::io::Error> {
+            Err(std::io::ErrorKind::PermissionDenied.into())
+        };
+        let hint = "-m 80:8080";
+        let msg = load_with(&Source::default(), missing)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(DEFAULT_CONFIG) && msg.contains(hint), "{msg}");
+        // A file the user named, or one that exists: no such hint.
+        let named = Source {
+            file: Some("/etc/x.yaml".into()),
+            specs: Vec::new(),
+        };
+        let msg = load_with(&named, missing).unwrap_err().to_string();
+        assert!(msg.contains("/etc/x.yaml") && !msg.contains(hint), "{msg}");
+        let msg = load_with(&Source::default(), denied)
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains(hint), "{msg}");
+    }
+
+    #[test]
+    fn a_file_read_by_another_reader_has_the_same_limit() {
+        let limit = usize::try_from(MAX_FILE_BYTES).unwrap();
+        let source = Source {
+            file: Some("big.yaml".into()),
+            specs: Vec::new(),
+        };
+        let with = |text: String| {
+            load_with(&source, move |_: &Path| {
+                Ok::<_, std::io::Error>(text.clone())
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        // At the limit: read, and found empty.
+        let msg = with("#".repeat(limit));
+        assert!(msg.contains("the file is empty"), "{msg}");
+        let msg = with("#".repeat(limit + 1));
+        assert!(
+            msg.contains(&format!("larger than {MAX_FILE_BYTES} bytes")),
+            "{msg}"
+        );
+        // A reader's refusal is passed on, naming the file.
+        let msg = load_with(&source, |p: &Path| -> Result<String, ReadError> {
+            Err(ReadError::Unsafe {
+                path: p.to_owned(),
+                why: "owned by uid 7".into(),
+            })
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("big.yaml is owned by uid 7"), "{msg}");
+        assert!(msg.contains("chmod go-w big.yaml"), "{msg}");
+    }
+
+    #[test]
+    fn backend_choices_read_back_as_written() {
+        for (word, choice) in [
+            ("auto", BackendChoice::Auto),
+            ("nftables", BackendChoice::Nftables),
+            ("nft", BackendChoice::Nftables),
+            ("iptables", BackendChoice::Iptables),
+        ] {
+            assert_eq!(word.parse::<BackendChoice>(), Ok(choice));
+            assert_eq!(choice.to_string().parse::<BackendChoice>(), Ok(choice));
+        }
+        let err = "ipfw".parse::<BackendChoice>().unwrap_err();
+        assert!(
+            err.contains("\"ipfw\"") && err.contains("nftables"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_have_the_documented_defaults_and_limits() {
+        // dist/man/lowport.1 says these.
+        let d = ProxySettings::default();
+        assert_eq!(d.connect_timeout, Duration::from_secs(5));
+        assert_eq!(d.idle_timeout, Duration::from_secs(600));
+        assert_eq!(d.fin_timeout, Duration::from_secs(60));
+        assert_eq!(d.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(d.udp_idle_timeout, Duration::from_secs(180));
+        let m = "mappings:\n  - listen: 80\n    to: 8080\n";
+        let day = 24 * 3600;
+        for (key, max_secs) in [
+            ("connect_timeout", 600),
+            ("idle_timeout", 7 * day),
+            ("fin_timeout", 7 * day),
+            ("shutdown_timeout", day),
+            ("udp_idle_timeout", day),
+        ] {
+            // A number is seconds.
+            let c = parse(&format!("{m}proxy:\n  {key}: {max_secs}\n"))
+                .unwrap_or_else(|e| panic!("{key}: {max_secs}: {e}"));
+            let got = match key {
+                "connect_timeout" => c.proxy.connect_timeout,
+                "idle_timeout" => c.proxy.idle_timeout,
+                "fin_timeout" => c.proxy.fin_timeout,
+                "shutdown_timeout" => c.proxy.shutdown_timeout,
+                _ => c.proxy.udp_idle_timeout,
+            };
+            assert_eq!(got, Duration::from_secs(max_secs), "{key}");
+            let over = max_secs + 1;
+            let err = parse(&format!("{m}proxy:\n  {key}: {over}\n")).unwrap_err();
+            assert!(
+                err.contains(&format!("proxy.{key} \"{over}\" is too long")),
+                "{err}"
+            );
+        }
+        let c = parse(&format!("{m}proxy:\n  udp_max_flows: 1048576\n")).unwrap();
+        assert_eq!(c.proxy.udp_max_flows.get(), 1 << 20);
+    }
+
+    #[test]
+    fn the_proxy_user_is_one_name() {
+        let m = "mappings:\n  - listen: 80\n    to: 8080\n";
+        for bad in ["\"\"", "\"www data\"", "\"www\\tdata\"", "5", "[a]"] {
+            let err = parse(&format!("{m}proxy:\n  user: {bad}\n")).unwrap_err();
+            assert!(
+                err.contains("proxy.user") && err.contains("not a user name"),
+                "{bad}: {err}"
+            );
+        }
+        let c = parse(&format!("{m}proxy:\n  user: _lowport\n")).unwrap();
+        assert_eq!(c.proxy.user, "_lowport");
+    }
+
+    #[test]
+    fn flow_nesting_is_counted_outside_quotes_and_comments() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        // At the limit, and one deeper, on the line that goes deeper.
+        let at = format!("a: 1\nmappings: {}\n", deep(MAX_FLOW_DEPTH));
+        assert!(!parse(&at).unwrap_err().contains("nesting"));
+        let over = format!("a: 1\nb: 2\nmappings: {}\n", deep(MAX_FLOW_DEPTH + 1));
+        let msg = parse(&over).unwrap_err();
+        assert!(msg.contains("line 3: YAML nesting deeper than 64"), "{msg}");
+        // Closed brackets are no longer open: many shallow lists are fine.
+        let many = format!("a: [{}]\n", vec![deep(40); 10].join(", "));
+        assert!(!parse(&many).unwrap_err().contains("nesting"), "{many}");
+        // Well over the limit: a quote that ended one character early
+        // would still leave more than enough counted.
+        let open = "[".repeat(MAX_FLOW_DEPTH + 10);
+        for (text, counted) in [
+            // Quoted, in either quotes, with escaped quotes inside.
+            (format!("a: \"{open}\"\n"), false),
+            (format!("a: '{open}'\n"), false),
+            (format!("a: \"x\\\"{open}\"\n"), false),
+            // A comment, after a space or a tab, or a whole line.
+            (format!("a: 1 # {open}\n"), false),
+            (format!("a: 1\t# {open}\n"), false),
+            (format!("# {open}\na: 1\n"), false),
+            // Not a comment: '#' inside a word. Not a quote: an apostrophe.
+            (format!("a: b#{open}\n"), true),
+            (format!("a: it's {open}\n"), true),
+            // A quote that ended: what follows counts.
+            (format!("a: [\"x\", {open}\n"), true),
+        ] {
+            let msg = parse(&text).unwrap_err();
+            assert_eq!(msg.contains("deeper than 64"), counted, "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn mapping_values_are_refused_naming_the_key_and_what_was_found() {
+        let one = |body: &str| parse(&format!("mappings:\n  - {{{body}}}\n"));
+        for (body, needle) in [
+            ("to: 8080", "mapping #1: `listen` is missing"),
+            (
+                "listen: [80], to: 8080",
+                "`listen` must be a port or text, found a list",
+            ),
+            ("listen: {a: 1}, to: 8080", "found a map"),
+            ("listen: true, to: 8080", "found the boolean true"),
+            ("listen: 80, to: !x 8080", "found a tagged value"),
+            ("listen: 80", "`to` is missing"),
+            (
+                "listen: 80, to: 8080, protocol: 5",
+                "protocol \"5\" is not valid",
+            ),
+            ("listen: 80, to: 8080, protocol: true", "protocol \"true\""),
+            (
+                "listen: 80, to: 8080, proxy_protocol: v3",
+                "proxy_protocol \"v3\"",
+            ),
+            (
+                "listen: 80, to: 8080, proxy_protocol: 2",
+                "proxy_protocol \"2\"",
+            ),
+            (
+                "name: 5, listen: 80, to: 8080",
+                "name must be text, found the number 5",
+            ),
+            ("name: \"\", listen: 80, to: 8080", "name \"\" is not valid"),
+            (
+                "name: a b, listen: 80, to: 8080",
+                "name \"a b\" is not valid",
+            ),
+            ("listen: \"[::1]\", to: 8080", "a port must follow [::1]"),
+            ("listen: \"[::1:80\", to: 8080", "without ']'"),
+            (
+                "listen: \"[x]:80\", to: 8080",
+                "\"x\" is not an IPv6 address",
+            ),
+            (
+                "listen: \"::1:80\", to: 8080",
+                "IPv6 address must be written in brackets",
+            ),
+            ("listen: \"\", to: 8080", "port \"\" is not a number"),
+            ("listen: \"8o\", to: 8080", "port \"8o\" is not a number"),
+            ("listen: 65536, to: 8080", "port 65536 is out of range"),
+            (
+                "listen: 80, to: \"[db]:80\"",
+                "\"db\" is not an IPv6 address",
+            ),
+            (
+                "listen: 80, to: \"1.2.3:80\"",
+                "neither an IPv4 address nor a host name",
+            ),
+            (
+                "listen: 80, to: \"0.0.0.0:80\"",
+                "0.0.0.0 cannot be a target",
+            ),
+            ("listen: 80, to: \"[ff02::1]:80\"", "a multicast address"),
+        ] {
+            let err = one(body).unwrap_err();
+            assert!(err.contains(needle), "{body}: {err}");
+        }
+        let err = parse("mappings:\n  - 5\n").unwrap_err();
+        assert!(
+            err.contains("mapping #1: expected a map with `listen:` and `to:`, found the number 5"),
+            "{err}"
+        );
+        let err = parse("mappings:\n  - ~\n").unwrap_err();
+        assert!(err.contains("found nothing (null)"), "{err}");
+        let err = parse("mappings:\n  - \"80:8080\"\n").unwrap_err();
+        assert!(err.contains("found the text \"80:8080\""), "{err}");
+        let name = "n".repeat(64);
+        for (body, want) in [
+            (
+                format!("name: {name}, listen: 80, to: 8080"),
+                Some(name.as_str()),
+            ),
+            (format!("name: {name}x, listen: 80, to: 8080"), None),
+        ] {
+            let got = one(&body).map(|c| c.mappings[0].name.clone());
+            match want {
+                Some(n) => assert_eq!(got, Ok(Some(n.to_owned()))),
+                None => assert!(got.unwrap_err().contains("1 to 64"), "{body}"),
+            }
+        }
+        let c = one("listen: \"[::1]:65535\", to: \"[fd00::1]:1\", proxy_protocol: false").unwrap();
+        let m = &c.mappings[0];
+        assert_eq!(m.listen.addr, Some("::1".parse().unwrap()));
+        assert_eq!(m.listen.port.get(), 65535);
+        assert_eq!(m.target.host, TargetHost::Ip("fd00::1".parse().unwrap()));
+        assert_eq!(m.proxy_protocol, ProxyProtocol::Off);
+        for (word, want) in [
+            ("off", ProxyProtocol::Off),
+            ("v1", ProxyProtocol::V1),
+            ("v2", ProxyProtocol::V2),
+        ] {
+            let c = one(&format!("listen: 80, to: 8080, proxy_protocol: {word}")).unwrap();
+            assert_eq!(c.mappings[0].proxy_protocol, want, "{word}");
+        }
+    }
+
+    #[test]
+    fn a_spec_of_one_field_is_not_taken_for_an_ipv6_address() {
+        let err = parse_spec("80", 0).unwrap_err();
+        assert!(
+            err.contains("is not a mapping") && !err.contains("brackets"),
+            "{err}"
+        );
+        let err = parse_spec("1:2:3:4:5", 0).unwrap_err();
+        assert!(err.contains("must be written in brackets"), "{err}");
     }
 }

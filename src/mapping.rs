@@ -183,3 +183,95 @@ pub fn unusable_target(ip: IpAddr) -> Option<&'static str> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(name: Option<&str>, listen: &str, host: TargetHost, protocol: Protocol) -> Mapping {
+        let listen: SocketAddr = listen.parse().unwrap();
+        Mapping {
+            index: 1,
+            name: name.map(str::to_owned),
+            listen: Listen {
+                addr: Some(listen.ip()),
+                port: NonZeroU16::new(listen.port()).unwrap(),
+            },
+            target: Target {
+                host,
+                port: NonZeroU16::new(8080).unwrap(),
+            },
+            protocol,
+            proxy_protocol: ProxyProtocol::Off,
+        }
+    }
+
+    #[test]
+    fn messages_name_the_mapping_and_its_values() {
+        let m = mapping(
+            Some("web"),
+            "10.0.0.1:80",
+            TargetHost::Name("db.lan".into()),
+            Protocol::Udp,
+        );
+        let text = m.to_string();
+        for fact in ["#2", "\"web\"", "10.0.0.1:80", "db.lan:8080", "udp"] {
+            assert!(text.contains(fact), "{fact} missing in {text}");
+        }
+        let m = mapping(
+            None,
+            "[fd00::1]:443",
+            TargetHost::Ip("fd00::2".parse().unwrap()),
+            Protocol::Both,
+        );
+        let text = m.to_string();
+        for fact in ["#2", "[fd00::1]:443", "[fd00::2]:8080", "both"] {
+            assert!(text.contains(fact), "{fact} missing in {text}");
+        }
+        let mut m = mapping(None, "127.0.0.1:80", TargetHost::Local, Protocol::Tcp);
+        m.listen.addr = None;
+        let text = m.to_string();
+        for fact in ["(80 ", "-> 8080", "tcp"] {
+            assert!(text.contains(fact), "{fact} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn a_rule_comment_is_the_name_or_the_position() {
+        let m = mapping(Some("web"), "10.0.0.1:80", TargetHost::Local, Protocol::Tcp);
+        assert_eq!(m.label(), "web");
+        let m = mapping(None, "10.0.0.1:80", TargetHost::Local, Protocol::Tcp);
+        assert_eq!(m.label(), "#2");
+    }
+
+    #[test]
+    fn single_protocols_are_what_the_kernel_matches() {
+        // `meta l4proto` compares IANA numbers.
+        assert_eq!(L4::Tcp.ip_proto(), 6);
+        assert_eq!(L4::Udp.ip_proto(), 17);
+        assert_eq!(L4::Tcp.to_string(), "tcp");
+        assert_eq!(L4::Udp.to_string(), "udp");
+        let l4s = |p: Protocol| p.l4s().collect::<Vec<_>>();
+        assert_eq!(l4s(Protocol::Tcp), [L4::Tcp]);
+        assert_eq!(l4s(Protocol::Udp), [L4::Udp]);
+        assert_eq!(l4s(Protocol::Both), [L4::Tcp, L4::Udp]);
+    }
+
+    #[test]
+    fn unusable_targets_are_named() {
+        for (ip, what) in [
+            ("0.0.0.0", "unspecified"),
+            ("::", "unspecified"),
+            ("224.0.0.1", "multicast"),
+            ("ff02::1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("::ffff:255.255.255.255", "broadcast"),
+        ] {
+            let got = unusable_target(ip.parse().unwrap());
+            assert!(got.is_some_and(|w| w.contains(what)), "{ip}: {got:?}");
+        }
+        for ip in ["127.0.0.1", "10.0.0.1", "::1", "fd00::1", "::ffff:10.0.0.1"] {
+            assert_eq!(unusable_target(ip.parse().unwrap()), None, "{ip}");
+        }
+    }
+}

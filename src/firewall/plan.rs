@@ -35,15 +35,6 @@ pub enum Hook {
     Output,
 }
 
-impl fmt::Display for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Hook::Prerouting => "prerouting",
-            Hook::Output => "output",
-        })
-    }
-}
-
 /// IP family a rule is restricted to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
@@ -120,11 +111,6 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    /// True when there is nothing to install.
-    pub fn is_empty(&self) -> bool {
-        self.nat.is_empty() && self.masquerade.is_empty() && !self.loopback_guard
-    }
-
     /// NAT rules on one hook, in order.
     pub fn on(&self, hook: Hook) -> impl Iterator<Item = &NatRule> {
         self.nat.iter().filter(move |r| r.hook == hook)
@@ -655,5 +641,71 @@ mod tests {
                 Hook::Output
             ]
         );
+    }
+
+    #[test]
+    fn nat_chains_run_before_other_tools_and_the_guard_before_conntrack() {
+        // Lower priorities run first, and the first NAT rule that matches
+        // wins. The kernel's and other tools' chains, with lowport's:
+        let in_hook_order = [
+            ("lowport's loopback guard", GUARD_PRIORITY),
+            ("conntrack", -200),
+            ("lowport's DNAT", NAT_PRIORITY),
+            ("dstnat: Docker, kube-proxy, netavark", -100),
+            ("firewalld", -90),
+            ("lowport's masquerade", SNAT_PRIORITY),
+            ("srcnat", 100),
+        ];
+        for w in in_hook_order.windows(2) {
+            assert!(w[0].1 < w[1].1, "{:?} must run before {:?}", w[0], w[1]);
+        }
+    }
+
+    #[test]
+    fn rules_on_a_hook_are_that_hooks_only() {
+        let mut m = mapping(None, 443, TargetHost::Local, 8443);
+        m.protocol = Protocol::Both;
+        let p = plan(&[m], &FakeHost).unwrap();
+        for hook in [Hook::Prerouting, Hook::Output] {
+            let on: Vec<&NatRule> = p.rules.on(hook).collect();
+            assert_eq!(on.len(), 2, "{hook:?}: {on:?}");
+            assert!(on.iter().all(|r| r.hook == hook), "{hook:?}: {on:?}");
+        }
+    }
+
+    #[test]
+    fn sysctls_are_the_kernels_files_and_only_forwarding_needs_consent() {
+        for (s, path, forwarding) in [
+            (
+                Sysctl::RouteLocalnet,
+                "/proc/sys/net/ipv4/conf/all/route_localnet",
+                false,
+            ),
+            (Sysctl::Ipv4Forward, "/proc/sys/net/ipv4/ip_forward", true),
+            (
+                Sysctl::Ipv6Forward,
+                "/proc/sys/net/ipv6/conf/all/forwarding",
+                true,
+            ),
+        ] {
+            assert_eq!(s.path(), path);
+            // Messages name it as `sysctl` spells it.
+            let dotted = path["/proc/sys/".len()..].replace('/', ".");
+            assert_eq!(s.to_string(), dotted);
+            assert_eq!(s.is_forwarding(), forwarding, "{s}");
+        }
+    }
+
+    #[test]
+    fn messages_name_the_family() {
+        let m = mapping(
+            Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            80,
+            TargetHost::Ip("fd00::5".parse().unwrap()),
+            8080,
+        );
+        let msg = plan(&[m], &FakeHost).unwrap_err().to_string();
+        assert!(msg.contains("ipv4 only"), "{msg}");
+        assert!(msg.contains("no ipv4 address"), "{msg}");
     }
 }

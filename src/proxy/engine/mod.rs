@@ -5,7 +5,7 @@
 //! [`super`]) talks to it through [`EngineHandle`].
 //!
 //! Why not a tokio task per connection, as before: measured against its
-//! peers (benches/peers.rs), tokio's fixed costs were what set lowport
+//! peers (benches/peers/), tokio's fixed costs were what set lowport
 //! apart, not the relay. A tokio socket is registered for reading and
 //! writing, edge-triggered, for good; so while one direction waits for its
 //! destination to drain, every segment arriving at its source still wakes

@@ -1,21 +1,19 @@
-//! UDP through `lowport proxy`: a real QUIC connection (quinn) with
-//! migration, whole datagrams of every size, replies from the address the
+//! UDP through `lowport proxy`: whole datagrams of every size, replies from the address the
 //! client sent to, IPv6, idle expiry, the flow cap, a backend that goes
 //! away and comes back, reloads, socket activation and `protocol: both`.
-//! The real binary, in a namespace, as `nobody`; the QUIC server is a
-//! process of its own, as `nobody` too (examples/quic_server.rs).
+//! The real binary, in a namespace, as `nobody`. QUIC through the proxy:
+//! tests/proxy_quic.rs.
 
 mod common;
 mod proxy_support;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{require_root, retry_eintr, runnable_by_anyone, Lan, Netns};
+use common::{require_root, retry_eintr, Lan, Netns};
 use proxy_support::*;
 
 /// What the test backend does with a datagram, by its first byte.
@@ -180,16 +178,6 @@ fn silent(s: &UdpSocket, within: Duration) -> bool {
     r.is_err()
 }
 
-/// The UDP counters, as the proxy logs them on SIGUSR1.
-fn counters(proxy: &Proxy) -> HashMap<String, u64> {
-    proxy.signal(libc::SIGUSR1);
-    let line = proxy.expect_line("udp counters (SIGUSR1)", Duration::from_secs(10));
-    line.split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-        .collect()
-}
-
 /// A test's private directory, removed when the test ends (also on failure).
 type Dir = TempDir;
 
@@ -290,7 +278,7 @@ fn datagrams_arrive_whole_and_in_order_with_exact_counts() {
         count += c;
         bytes += b;
     }
-    let c = counters(&proxy);
+    let c = udp_counters(&proxy);
     assert_eq!(c["udp_flows_opened"], FLOWS, "{c:?}");
     assert_eq!(c["udp_datagrams_to_backend"], count, "{c:?}");
     assert_eq!(c["udp_datagrams_to_client"], count, "{c:?}");
@@ -369,7 +357,7 @@ fn gso_batches_arrive_as_the_datagrams_sent() {
         "more datagrams than sent"
     );
     assert_eq!(backend.count(), 12 + 40);
-    let c = counters(&proxy);
+    let c = udp_counters(&proxy);
     assert_eq!(c["udp_datagrams_to_backend"], 52, "{c:?}");
     assert_eq!(c["udp_datagrams_to_client"], 62, "{c:?}");
 }
@@ -417,7 +405,7 @@ fn replies_come_from_the_address_the_client_used() {
     // The largest IPv6 payload, whole.
     let s = client(&ns, "[::1]:0");
     echo(&s, "[::1]:9443", &datagram(2, 1, 65_527)).expect("65,527 bytes over IPv6");
-    let c = counters(&proxy);
+    let c = udp_counters(&proxy);
     assert_eq!(c["udp_flows_opened"], 5, "{c:?}");
 }
 
@@ -454,11 +442,11 @@ fn idle_expiry_counts_both_directions() {
         let (d, _) = recv(&s).unwrap_or_else(|e| panic!("answer {i} lost: {e}"));
         assert_eq!(d, [TALK, i]);
     }
-    assert_eq!(counters(&proxy)["udp_flows_expired"], 0);
+    assert_eq!(udp_counters(&proxy)["udp_flows_expired"], 0);
 
     // Silence: the flow expires.
     let c = wait_until(Duration::from_secs(10), || {
-        counters(&proxy)["udp_flows_expired"] == 1
+        udp_counters(&proxy)["udp_flows_expired"] == 1
     });
     assert!(c, "the idle flow did not expire");
     echo(&s, to, &datagram(1, 1, 100)).expect("a new flow after expiry");
@@ -493,12 +481,12 @@ fn max_flows_drops_new_clients_only() {
     );
     echo(&a, to, &datagram(1, 2, 10)).expect("a after the cap");
     echo(&b, to, &datagram(2, 2, 10)).expect("b after the cap");
-    let n = counters(&proxy);
+    let n = udp_counters(&proxy);
     assert_eq!(n["udp_dropped_max_flows"], 1, "{n:?}");
     assert_eq!(n["udp_flows_opened"], 2, "{n:?}");
     // a and b fall silent and expire; c is served.
     assert!(wait_until(Duration::from_secs(10), || {
-        counters(&proxy)["udp_flows_expired"] == 2
+        udp_counters(&proxy)["udp_flows_expired"] == 2
     }));
     echo(&c, to, &datagram(3, 2, 10)).expect("c once the others expired");
 }
@@ -531,7 +519,7 @@ fn backend_down_then_up_keeps_the_flow() {
         used <= 20,
         "proxy used {used} ticks in 2 s with the backend down"
     );
-    let c = counters(&proxy);
+    let c = udp_counters(&proxy);
     assert!(c["udp_icmp_errors"] >= 1, "{c:?}");
     assert_eq!(c["udp_flows_active"], 1, "{c:?}");
 
@@ -583,7 +571,7 @@ fn gso_refused_by_the_kernel_falls_back_to_single_datagrams() {
         line.contains("Message too long") || line.contains("Invalid argument"),
         "{line}"
     );
-    let c = counters(&proxy);
+    let c = udp_counters(&proxy);
     assert!(c["udp_gso_fallbacks"] >= 1, "{c:?}");
     assert_eq!(c["udp_datagrams_to_client"], 12, "{c:?}");
     assert_eq!(c["udp_dropped_send"], 0, "{c:?}");
@@ -643,7 +631,7 @@ fn udp_backend_names_are_resolved() {
         .expect("send");
     let line = proxy.expect_line("no backend for a UDP flow", Duration::from_secs(10));
     assert!(line.contains("224.0.0.9: a multicast address"), "{line}");
-    let c = counters(&proxy);
+    let c = udp_counters(&proxy);
     assert_eq!(c["udp_dropped_unresolved"], 2, "{c:?}");
     assert_eq!(c["udp_flows_active"], 3, "{c:?}");
     assert_eq!(c["udp_datagrams_to_backend"], 9, "{c:?}");
@@ -883,187 +871,4 @@ fn socket_activation_passes_a_datagram_socket() {
     assert!(line.contains("0.0.0.0:443/udp"), "{line}");
     assert!(line.contains("socket-activated"), "{line}");
     assert!(line.contains("started as unprivileged"), "{line}");
-}
-
-/// A real QUIC connection through the proxy on 443/udp: the proxy starts
-/// as root, binds 443 and drops every capability; quinn's handshake and
-/// several streams go through byte for byte; then the client moves to a
-/// new local port (migration) and the connection survives.
-#[test]
-fn quic_through_the_proxy_survives_migration() {
-    if !require_root("quic_through_the_proxy_survives_migration") {
-        return;
-    }
-    let mut ns = Netns::new("pxquic");
-    let dir = temp_dir("quic");
-    let cfg = write_config(
-        &dir,
-        "mappings:\n  - {name: h3, listen: 443, to: 8443, protocol: udp}\n",
-    );
-    let mut launch = Launch::new(&ns, &cfg);
-    launch.user = None; // as root: lowport switches to nobody itself
-    let proxy = launch.start();
-    // After binding 443/udp: no capability, not root, no_new_privs.
-    let status = proxy.status();
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("no {key} in status:\n{status}"))
-            .to_owned()
-    };
-    for key in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
-        assert_eq!(field(key), "0000000000000000", "{key}\n{status}");
-    }
-    assert!(
-        field("Uid").split_whitespace().all(|u| u != "0"),
-        "{status}"
-    );
-    assert_eq!(field("NoNewPrivs"), "1", "{status}");
-
-    // The QUIC server: a process of its own, as nobody, on 8443/udp.
-    let mut server = ns
-        .command("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(runnable_by_anyone(&example_bin("quic_server")))
-        .arg("127.0.0.1:8443")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("start the QUIC server");
-    let mut server_out = std::io::BufReader::new(server.stdout.take().expect("stdout"));
-    let server_pid = server.id();
-    ns.adopt(server);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut server_out, &mut line).expect("the server's first line");
-    let cert_hex = line
-        .trim()
-        .strip_prefix("ready ")
-        .unwrap_or_else(|| panic!("QUIC server did not start: {line:?}"));
-    let cert: Vec<u8> = (0..cert_hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&cert_hex[i..i + 2], 16).expect("hex"))
-        .collect();
-    let server_status =
-        std::fs::read_to_string(format!("/proc/{server_pid}/status")).expect("server status");
-    let uid = server_status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .expect("Uid");
-    assert!(
-        uid.split_whitespace().all(|u| u != "0"),
-        "the QUIC server runs as root: {uid}"
-    );
-
-    let client_sock = ns
-        .enter(|| UdpSocket::bind("127.0.0.1:0"))
-        .expect("bind the QUIC client");
-    let moved_sock = ns
-        .enter(|| UdpSocket::bind("127.0.0.1:0"))
-        .expect("bind the client's second socket");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let result = rt.block_on(async move {
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            quic_exchange(cert, client_sock, moved_sock),
-        )
-        .await
-    });
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("QUIC through the proxy: {e}\n{}", proxy.log_text()),
-        Err(_) => panic!("QUIC through the proxy timed out\n{}", proxy.log_text()),
-    }
-    // The server saw the six streams, and the client's move as a second
-    // address: the relay's new flow, from another port.
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut server_out, &mut line).expect("the server's last line");
-    let (handled, seen) = line
-        .trim()
-        .strip_prefix("handled ")
-        .and_then(|r| r.split_once(" from "))
-        .unwrap_or_else(|| panic!("QUIC server: {line:?}"));
-    assert_eq!(handled, "6", "{line}");
-    assert_eq!(seen.split(',').count(), 2, "{line}");
-    let c = counters(&proxy);
-    // The migration was a second flow (new client port), the first one's
-    // datagrams stopped.
-    assert_eq!(c["udp_flows_opened"], 2, "{c:?}");
-}
-
-/// Path of a test-only example binary (`examples/NAME.rs`, built by
-/// `cargo test`), next to the test binaries.
-fn example_bin(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds it (or `cargo build --examples`)",
-        path.display()
-    );
-    path
-}
-
-async fn quic_exchange(
-    cert: Vec<u8>,
-    client_sock: UdpSocket,
-    moved_sock: UdpSocket,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = quinn::default_runtime().ok_or("no quinn runtime")?;
-    let mut roots = quinn::rustls::RootCertStore::empty();
-    roots.add(quinn::rustls::pki_types::CertificateDer::from(cert))?;
-    let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
-    let mut client =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, client_sock, runtime)?;
-    client.set_default_client_config(client_config);
-
-    let proxy: SocketAddr = "127.0.0.1:443".parse()?;
-    let conn = client.connect(proxy, "localhost")?.await?;
-    let exchange = |conn: quinn::Connection, seed: u64, len: usize| async move {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let mut data = vec![0u8; len];
-        pattern(seed, 0, &mut data);
-        send.write_all(&data).await?;
-        send.finish()?;
-        let mut back = recv.read_to_end(1 << 22).await?;
-        back.reverse();
-        if back != data {
-            return Err::<(), Box<dyn std::error::Error>>(
-                format!(
-                    "stream {seed}: {} bytes back, not the {len} sent",
-                    back.len()
-                )
-                .into(),
-            );
-        }
-        Ok(())
-    };
-    for (seed, len) in [(1u64, 1usize), (2, 1200), (3, 100_000), (4, 1 << 20)] {
-        exchange(conn.clone(), seed, len).await?;
-    }
-    // Migration: a new local port mid-connection.
-    let before = conn.remote_address();
-    client.rebind(moved_sock)?;
-    for (seed, len) in [(5u64, 5000usize), (6, 300_000)] {
-        exchange(conn.clone(), seed, len).await?;
-    }
-    if conn.close_reason().is_some() {
-        return Err("the connection closed after the rebind".into());
-    }
-    if conn.remote_address() != before {
-        return Err("the server's address changed".into());
-    }
-    conn.close(0u32.into(), b"done");
-    client.wait_idle().await;
-    Ok(())
 }

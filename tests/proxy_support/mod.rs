@@ -659,3 +659,13 @@ pub fn have(cmd: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// The proxy's UDP counters, from the line SIGUSR1 makes it log.
+pub fn udp_counters(proxy: &Proxy) -> std::collections::HashMap<String, u64> {
+    proxy.signal(libc::SIGUSR1);
+    let line = proxy.expect_line("udp counters (SIGUSR1)", std::time::Duration::from_secs(10));
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
+}

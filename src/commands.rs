@@ -162,7 +162,10 @@ fn rules(global: &GlobalArgs, cmd: RulesCommand) -> Result<(), Failure> {
             }
             if plan.rules.loopback_guard {
                 println!(
-                    "lowport: note: a loopback target needs {}=1, and lowport's guard keeps the LAN                      from reaching 127.0.0.1 through it. A later flush of the firewall (`nft flush                      ruleset`, `iptables-restore`) removes the guard but leaves the sysctl on: run                      `lowport rules watch` instead (lowport-rules-watch.service) to prevent that",
+                    "lowport: note: a loopback target needs {}=1, and lowport's guard keeps the LAN \
+                     from reaching 127.0.0.1 through it. A later flush of the firewall (`nft flush \
+                     ruleset`, `iptables-restore`) removes the guard but leaves the sysctl on: run \
+                     `lowport rules watch` instead (lowport-rules-watch.service) to prevent that",
                     plan::Sysctl::RouteLocalnet
                 );
             }

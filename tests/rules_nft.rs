@@ -119,6 +119,14 @@ fn loopback_only_backend_is_reachable_but_guarded() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ipv6 clients are not mapped"), "{stderr}");
+    // The note on the guard and `rules watch`: no run of spaces left by a
+    // broken string continuation.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("guard keeps the LAN from reaching 127.0.0.1"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("  "), "{stdout}");
     assert_eq!(lan.host.sysctl("net.ipv4.conf.all.route_localnet"), "1");
 
     assert_reaches(

@@ -692,6 +692,7 @@ fn one_shot_rules_warn_and_check_reports_the_exposure_after_a_flush() {
         .find(|l| l.contains("loopback guard is not installed"))
         .unwrap_or_else(|| panic!("no exposure finding:\n{text}"));
     assert!(line.starts_with('✗'), "{line}");
+    assert!(line.contains("LAN that route 127.0.0.0/8 here"), "{line}");
     assert!(text.contains("rules watch"), "{text}");
 
     // What check warns about is real: the neighbour's datagram arrives.

@@ -56,7 +56,7 @@ pub(super) fn check_loopback_exposure(
         ours,
         "sysctl",
         format!(
-            "{}=1 and lowport's loopback guard is not installed: hosts on the LAN that route              127.0.0.0/8 here reach services bound to 127.0.0.1",
+            "{}=1 and lowport's loopback guard is not installed: hosts on the LAN that route 127.0.0.0/8 here reach services bound to 127.0.0.1",
             Sysctl::RouteLocalnet
         ),
         if ours {

@@ -356,3 +356,139 @@ fn file_capability_is_read_from_the_binary() {
     assert!(text.contains("carries cap_net_bind_service=ep"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A binary on a `nosuid` mount gets no file capability from the kernel:
+/// check says so. The mount is a tmpfs on /mnt in a private mount
+/// namespace, gone with it.
+#[test]
+fn a_binary_on_a_nosuid_mount_is_a_warning() {
+    if !require_root("a_binary_on_a_nosuid_mount_is_a_warning") {
+        return;
+    }
+    let ns = Netns::new("cknosuid");
+    let cfg = config_file("nosuid", CONFIG);
+    let script = "set -e; mount -t tmpfs -o nosuid lowport-test /mnt; \
+                  cp \"$1\" /mnt/lowport; exec /mnt/lowport -c \"$2\" check";
+    let out = ns
+        .command("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(lowport_bin())
+        .arg(&cfg)
+        .output()
+        .expect("run unshare");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("mounted nosuid"))
+        .unwrap_or_else(|| panic!("no nosuid finding:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(line.starts_with('!'), "{line}");
+    assert!(line.contains("/mnt/lowport is on /mnt"), "{line}");
+
+    // The same binary where it is, not on a nosuid mount: no such finding.
+    let (_, text) = check(&ns, &cfg, false);
+    assert!(!text.contains("mounted nosuid"), "{text}");
+}
+
+/// A check run with no_new_privs stands for a proxy started the same way:
+/// it would get no file capability, and check says what works instead.
+#[test]
+fn no_new_privs_is_a_warning() {
+    if !require_root("no_new_privs_is_a_warning") {
+        return;
+    }
+    let ns = Netns::new("cknnp");
+    let cfg = config_file("nnp", CONFIG);
+    let out = ns
+        .command("setpriv")
+        .arg("--no-new-privs")
+        .arg(lowport_bin())
+        .args(["-c", cfg.to_str().expect("path"), "check"])
+        .output()
+        .expect("run setpriv");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("no_new_privs"))
+        .unwrap_or_else(|| panic!("no no_new_privs finding:\n{text}"));
+    assert!(line.starts_with('!'), "{line}");
+    assert!(text.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"), "{text}");
+
+    let (_, text) = check(&ns, &cfg, false);
+    assert!(!text.contains("runs with no_new_privs"), "{text}");
+}
+
+/// A running `lowport proxy` on a mapped port is found, and the mode is
+/// proxy.
+#[test]
+fn a_running_proxy_is_reported() {
+    if !require_root("a_running_proxy_is_reported") {
+        return;
+    }
+    let mut ns = Netns::new("ckpx");
+    let cfg = config_file("px", CONFIG);
+    let proxy = ns
+        .command(lowport_bin())
+        .args(["-c", cfg.to_str().expect("path"), "proxy"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start lowport proxy");
+    ns.adopt(proxy);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let (_, text) = check(&ns, &cfg, false);
+        if text.contains("lowport proxy listens on") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never showed up:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let line = text
+        .lines()
+        .find(|l| l.contains("lowport proxy listens on"))
+        .expect("line");
+    assert!(line.starts_with('✓'), "{line}");
+    assert!(line.contains(":80 "), "{line}");
+    assert!(line.contains("nobody"), "{line}");
+}
+
+/// A remote target needs forwarding: off, and not allowed by the config,
+/// check says how to turn it on; allowed, apply will; on, it is fine.
+#[test]
+fn forwarding_for_a_remote_target_is_checked() {
+    if !require_root("forwarding_for_a_remote_target_is_checked") {
+        return;
+    }
+    let ns = Netns::new("ckfwd");
+    let remote = "mappings:\n  - name: web\n    listen: 80\n    to: 192.0.2.10:8080\nrules:\n  backend: iptables\n";
+    let cfg = config_file("fwd", remote);
+    ns.ok("sysctl", &["-qw", "net.ipv4.ip_forward=0"]);
+    let (_, text) = check(&ns, &cfg, false);
+    assert!(
+        text.contains("ip_forward is off; it is needed to forward to a remote target, and the config does not let lowport turn it on"),
+        "{text}"
+    );
+    assert!(text.contains("enable_forwarding: true"), "{text}");
+
+    let allowed = config_file(
+        "fwd-allowed",
+        &remote.replace("backend: iptables\n", "backend: iptables\n  enable_forwarding: true\n"),
+    );
+    let (_, text) = check(&ns, &allowed, false);
+    assert!(
+        text.contains("ip_forward is off; it is needed to forward to a remote target"),
+        "{text}"
+    );
+    assert!(text.contains("(sets it, and puts it back on remove)"), "{text}");
+
+    ns.ok("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    let (_, text) = check(&ns, &cfg, false);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('✓') && l.contains("ip_forward=1 (to forward to a remote target)")),
+        "{text}"
+    );
+}

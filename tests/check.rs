@@ -371,7 +371,15 @@ fn a_binary_on_a_nosuid_mount_is_a_warning() {
                   cp \"$1\" /mnt/lowport; exec /mnt/lowport -c \"$2\" check";
     let out = ns
         .command("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
         .arg(lowport_bin())
         .arg(&cfg)
         .output()
@@ -380,7 +388,12 @@ fn a_binary_on_a_nosuid_mount_is_a_warning() {
     let line = text
         .lines()
         .find(|l| l.contains("mounted nosuid"))
-        .unwrap_or_else(|| panic!("no nosuid finding:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no nosuid finding:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     assert!(line.starts_with('!'), "{line}");
     assert!(line.contains("/mnt/lowport is on /mnt"), "{line}");
 
@@ -411,7 +424,10 @@ fn no_new_privs_is_a_warning() {
         .find(|l| l.contains("no_new_privs"))
         .unwrap_or_else(|| panic!("no no_new_privs finding:\n{text}"));
     assert!(line.starts_with('!'), "{line}");
-    assert!(text.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"), "{text}");
+    assert!(
+        text.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"),
+        "{text}"
+    );
 
     let (_, text) = check(&ns, &cfg, false);
     assert!(!text.contains("runs with no_new_privs"), "{text}");
@@ -452,7 +468,7 @@ fn a_running_proxy_is_reported() {
         .expect("line");
     assert!(line.starts_with('✓'), "{line}");
     assert!(line.contains(":80 "), "{line}");
-    assert!(line.contains("nobody"), "{line}");
+    assert!(line.contains("lowport (pid "), "{line}");
 }
 
 /// A remote target needs forwarding: off, and not allowed by the config,
@@ -475,20 +491,27 @@ fn forwarding_for_a_remote_target_is_checked() {
 
     let allowed = config_file(
         "fwd-allowed",
-        &remote.replace("backend: iptables\n", "backend: iptables\n  enable_forwarding: true\n"),
+        &remote.replace(
+            "backend: iptables\n",
+            "backend: iptables\n  enable_forwarding: true\n",
+        ),
     );
     let (_, text) = check(&ns, &allowed, false);
     assert!(
         text.contains("ip_forward is off; it is needed to forward to a remote target"),
         "{text}"
     );
-    assert!(text.contains("(sets it, and puts it back on remove)"), "{text}");
+    assert!(
+        text.contains("(sets it, and puts it back on remove)"),
+        "{text}"
+    );
 
     ns.ok("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
     let (_, text) = check(&ns, &cfg, false);
     assert!(
         text.lines()
-            .any(|l| l.starts_with('✓') && l.contains("ip_forward=1 (to forward to a remote target)")),
+            .any(|l| l.starts_with('✓')
+                && l.contains("ip_forward=1 (to forward to a remote target)")),
         "{text}"
     );
 }

@@ -188,6 +188,30 @@ mod tests {
         );
     }
 
+    /// Each kind of finding is kept, in order, with its status and fix: a
+    /// check that finds something fine says so (the ✓ lines).
+    #[test]
+    fn findings_keep_each_line_with_its_status() {
+        let mut f = Findings(Vec::new());
+        f.ok("target", "fine".into());
+        f.warn("proxy", "worth knowing".into(), Some("do this".into()));
+        f.need(true, "sysctl", "missing".into(), "fix it".into());
+        f.need(false, "sysctl", "other mode".into(), "fix that".into());
+        let got: Vec<_> =
+            f.0.iter()
+                .map(|x| (x.status, x.topic, x.message.as_str(), x.fix.as_deref()))
+                .collect();
+        assert_eq!(
+            got,
+            [
+                (Status::Ok, "target", "fine", None),
+                (Status::Warning, "proxy", "worth knowing", Some("do this")),
+                (Status::Problem, "sysctl", "missing", Some("fix it")),
+                (Status::Warning, "sysctl", "other mode", Some("fix that")),
+            ]
+        );
+    }
+
     #[test]
     fn report_text_and_json() {
         let report = Report {

@@ -543,3 +543,15 @@ pub(crate) fn rounds_and_secs() -> (usize, f64) {
     }
     (rounds, secs)
 }
+
+/// The order the rows run in, in round `round` of `n` rows: each round
+/// starts one row further on and every other round runs backwards, so no
+/// row always comes first or follows the same one.
+pub(super) fn round_order(n: usize, round: usize) -> Vec<usize> {
+    let order = (0..n).map(|i| (i + round) % n);
+    if round % 2 == 1 {
+        order.rev().collect()
+    } else {
+        order.collect()
+    }
+}

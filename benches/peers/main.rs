@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use harness::{
     cpu_jiffies, cpu_seconds, ensure_packages, figure, lowport_bin, pin_self_to_cpu0, quick,
-    raise_nofile, reap, remove_cgroups, remove_tmp, rounds_and_secs, run, Netns,
+    raise_nofile, reap, remove_cgroups, remove_tmp, round_order, rounds_and_secs, run, Netns,
 };
 use load::{bulk, idle, keepalive, passes_half_close, passes_reset, short_conns, start_backend};
 use peers::{start_peers, with_rules, Peer};
@@ -156,15 +156,7 @@ fn main() {
     let mut rows = vec![Row::default(); peers.len()];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
-        // Each round starts one row further on and every other round runs
-        // backwards, so no row always comes first or follows the same one.
-        let n = peers.len();
-        let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
-        let order: Vec<usize> = if round % 2 == 1 {
-            order.into_iter().rev().collect()
-        } else {
-            order
-        };
+        let order = round_order(peers.len(), round);
         // Figure by figure, every row in turn: a figure's rows run within
         // seconds of each other, so a round's ratios compare like with like
         // (row by row, a figure's rows were up to a minute apart).

@@ -6,8 +6,8 @@
 //! to `benches/results/udp.md` (`udp-quick.md` with `LOWPORT_BENCH_QUICK`).
 
 use super::{
-    cpu_seconds, lowport_bin, p99_us, pss_kib, relay_kernel_kib, taskset_cpu1, write_tmp, Peer,
-    Row, Target,
+    cpu_seconds, lowport_bin, p99_us, pss_kib, relay_kernel_kib, round_order, taskset_cpu1,
+    write_tmp, Peer, Row, Target,
 };
 use std::net::UdpSocket;
 use std::path::Path;
@@ -433,13 +433,7 @@ pub(super) fn run(rounds: usize, secs: f64) -> String {
     let mut rows = vec![Row::default(); peers.len()];
     for round in 0..rounds {
         eprintln!("UDP round {}/{rounds}", round + 1);
-        let n = peers.len();
-        let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
-        let order: Vec<usize> = if round % 2 == 1 {
-            order.into_iter().rev().collect()
-        } else {
-            order
-        };
+        let order = round_order(peers.len(), round);
         for (size, nflows, rate_key, cpu_key, busy_keys) in BLASTS {
             for &i in &order {
                 let (p, r) = (&peers[i], &mut rows[i]);
